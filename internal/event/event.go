@@ -1,0 +1,69 @@
+// Package event knows Datagrid's event types: which exist today, which names
+// are safe as NATS subject tokens, and how to keep metric labels bounded.
+package event
+
+import "slices"
+
+// Known are the event types Datagrid delivers today. A delivery of another
+// type is still relayed; this list only sets the default subscription and
+// bounds metric labels.
+var Known = []string{
+	"knowledge.processing.completed",
+	"batch_prediction.completed",
+	"batch_prediction.failed",
+	"batch_prediction.expired",
+	"batch_prediction.cancelled",
+}
+
+// Metric label values for event types that are not in Known.
+const (
+	// LabelOther counts a valid event type outside Known.
+	LabelOther = "other"
+	// LabelUnknown counts a delivery refused before its type was read.
+	LabelUnknown = "unknown"
+)
+
+// Labels are every value Label can return, for pre-initialising series.
+func Labels() []string {
+	return append(slices.Clone(Known), LabelOther, LabelUnknown)
+}
+
+// Label maps an event type to a bounded metric label value: the type itself
+// when known, LabelOther when not, LabelUnknown when empty.
+func Label(eventType string) string {
+	switch {
+	case eventType == "":
+		return LabelUnknown
+	case slices.Contains(Known, eventType):
+		return eventType
+	default:
+		return LabelOther
+	}
+}
+
+// MaxTypeLen bounds an event type, and so a subject and a header.
+const MaxTypeLen = 128
+
+// ValidType reports whether s is safe as NATS subject tokens: one or more
+// [a-z0-9_]+ parts joined by single dots, at most MaxTypeLen bytes.
+func ValidType(s string) bool {
+	if s == "" || len(s) > MaxTypeLen {
+		return false
+	}
+	prevDot := true
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '.':
+			if prevDot {
+				return false
+			}
+			prevDot = true
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '_':
+			prevDot = false
+		default:
+			return false
+		}
+	}
+	return !prevDot
+}

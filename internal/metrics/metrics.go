@@ -1,0 +1,162 @@
+// Package metrics defines every Prometheus metric the relay exports.
+//
+// All names start with datagrid_relay_, use base units, end counters in
+// _total and histograms of time in _seconds. Label values come from small
+// fixed sets and every series is created at zero when the Metrics are built,
+// so dashboards and alerts see a series before its first event.
+package metrics
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/datagrid-relay/relay/internal/event"
+)
+
+// Namespace prefixes every metric name.
+const Namespace = "datagrid_relay"
+
+// Outcome is what became of one delivery: one value per row of the
+// contract's delivery table.
+type Outcome string
+
+// The outcomes of a delivery.
+const (
+	OutcomePublished        Outcome = "published"          // 2xx, stored once
+	OutcomeDuplicate        Outcome = "duplicate"          // 2xx, already stored
+	OutcomeInvalidSignature Outcome = "invalid_signature"  // 401
+	OutcomeStaleTimestamp   Outcome = "stale_timestamp"    // 401
+	OutcomeTooLarge         Outcome = "too_large"          // 413
+	OutcomeMalformed        Outcome = "malformed"          // 400
+	OutcomeMethodNotAllowed Outcome = "method_not_allowed" // 405
+	OutcomeUnavailable      Outcome = "unavailable"        // 503
+)
+
+// Outcomes lists every Outcome, for pre-initialising series and tests.
+var Outcomes = []Outcome{
+	OutcomePublished, OutcomeDuplicate, OutcomeInvalidSignature, OutcomeStaleTimestamp,
+	OutcomeTooLarge, OutcomeMalformed, OutcomeMethodNotAllowed, OutcomeUnavailable,
+}
+
+// BuildInfo identifies the running binary.
+type BuildInfo struct {
+	Version   string
+	Revision  string
+	GoVersion string
+}
+
+// Metrics holds the relay's metrics. Its fields are safe for concurrent use.
+type Metrics struct {
+	Deliveries       *prometheus.CounterVec
+	DeliveryDuration *prometheus.HistogramVec
+	InFlight         prometheus.Gauge
+	BodyLimit        prometheus.Gauge
+	LastPublished    prometheus.Gauge
+	Secrets          prometheus.Gauge
+	UnknownPath      prometheus.Counter
+
+	Publishes       prometheus.Counter
+	PublishFailures prometheus.Counter
+	PublishDuration prometheus.Histogram
+
+	NATSConnected   prometheus.Gauge
+	NATSDisconnects prometheus.Counter
+	NATSReconnects  prometheus.Counter
+	NATSErrors      prometheus.Counter
+}
+
+// New creates the metrics and registers them, with the Go and process
+// collectors and datagrid_relay_build_info, on reg.
+func New(reg prometheus.Registerer, info BuildInfo) *Metrics {
+	m := &Metrics{
+		Deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "deliveries_total",
+			Help: "Deliveries answered, by event type (known types, other, unknown) and outcome.",
+		}, []string{"event_type", "outcome"}),
+		DeliveryDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: Namespace, Name: "delivery_duration_seconds",
+			Help:    "Time from a delivery's arrival to its answer, by outcome.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"outcome"}),
+		InFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: Namespace, Name: "deliveries_in_flight",
+			Help: "Deliveries being handled right now.",
+		}),
+		BodyLimit: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: Namespace, Name: "delivery_body_limit_bytes",
+			Help: "Largest delivery body accepted now: RELAY_MAX_BODY_BYTES capped by the NATS server's max_payload.",
+		}),
+		LastPublished: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: Namespace, Name: "last_published_timestamp_seconds",
+			Help: "Unix time of the last delivery stored on NATS (0 before the first).",
+		}),
+		Secrets: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: Namespace, Name: "signing_secrets",
+			Help: "Signing secrets accepted now; 0 means deliveries cannot be verified.",
+		}),
+		UnknownPath: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "unknown_path_requests_total",
+			Help: "Requests to the public listener outside the delivery path, answered 404.",
+		}),
+		Publishes: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "nats_publishes_total",
+			Help: "Messages published to NATS, successful or not.",
+		}),
+		PublishFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "nats_publish_failures_total",
+			Help: "Messages NATS did not confirm (timeout, no stream, disconnected).",
+		}),
+		PublishDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: Namespace, Name: "nats_publish_duration_seconds",
+			Help:    "Time from publish to NATS confirmation (JetStream ack, or flush in core mode).",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}),
+		NATSConnected: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: Namespace, Name: "nats_connected",
+			Help: "1 while connected to a NATS server, else 0.",
+		}),
+		NATSDisconnects: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "nats_disconnects_total",
+			Help: "Times the NATS connection was lost.",
+		}),
+		NATSReconnects: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "nats_reconnects_total",
+			Help: "Times the NATS connection was re-established.",
+		}),
+		NATSErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "nats_async_errors_total",
+			Help: "Asynchronous errors reported by the NATS connection.",
+		}),
+	}
+	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: Namespace, Name: "build_info",
+		Help:        "Always 1; labels identify the running build.",
+		ConstLabels: prometheus.Labels{"version": info.Version, "revision": info.Revision, "goversion": info.GoVersion},
+	})
+	buildInfo.Set(1)
+
+	for _, et := range event.Labels() {
+		for _, o := range Outcomes {
+			m.Deliveries.WithLabelValues(et, string(o))
+		}
+	}
+	for _, o := range Outcomes {
+		m.DeliveryDuration.WithLabelValues(string(o))
+	}
+
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		buildInfo,
+		m.Deliveries, m.DeliveryDuration, m.InFlight, m.BodyLimit, m.LastPublished, m.Secrets, m.UnknownPath,
+		m.Publishes, m.PublishFailures, m.PublishDuration,
+		m.NATSConnected, m.NATSDisconnects, m.NATSReconnects, m.NATSErrors,
+	)
+	return m
+}
+
+// Delivery counts one answered delivery and its duration.
+func (m *Metrics) Delivery(eventType string, o Outcome, seconds float64) {
+	m.Deliveries.WithLabelValues(event.Label(eventType), string(o)).Inc()
+	m.DeliveryDuration.WithLabelValues(string(o)).Observe(seconds)
+}
