@@ -36,6 +36,10 @@ type env struct {
 func commands() []command {
 	return []command{
 		{"serve", "run the gateway (the default)", runServe},
+		{"status", "show the registration (stored state and what the API says); exit 0 healthy, 1 not", runStatus},
+		{"rotate", "rotate the signing secret with no lost and no duplicated events", runRotate},
+		{"deregister", "delete the webhook at Datagrid and the stored state (used on uninstall)", runDeregister},
+		{"trigger", "send one signed sample delivery to a running relay: relay trigger EVENT_TYPE", runTrigger},
 		{"version", "print version, commit and Go version", runVersion},
 	}
 }

@@ -33,8 +33,19 @@ type Publisher interface {
 
 // Keys are the signing secrets accepted at one moment.
 type Keys struct {
-	Secrets   [][]byte
-	WebhookID string // the Datagrid webhook the secrets belong to; may be empty
+	Secrets [][]byte
+	// WebhookIDs, when set, name the Datagrid webhook of each secret, in the
+	// same order; a delivery is labelled with the webhook whose secret
+	// verified it.
+	WebhookIDs []string
+}
+
+// webhookID is the webhook of secret i, or "" when unknown.
+func (k Keys) webhookID(i int) string {
+	if i >= 0 && i < len(k.WebhookIDs) {
+		return k.WebhookIDs[i]
+	}
+	return ""
 }
 
 // Keyring hands out the signing secrets accepted right now. Keys is called
@@ -134,7 +145,8 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		reject(rejection{http.StatusServiceUnavailable, "no signing secret known yet", metrics.OutcomeUnavailable})
 		return
 	}
-	if err := Verify(r.Header.Get(SignatureHeader), body, keys.Secrets, h.cfg.Now(), h.cfg.Tolerance); err != nil {
+	which, err := VerifyWhich(r.Header.Get(SignatureHeader), body, keys.Secrets, h.cfg.Now(), h.cfg.Tolerance)
+	if err != nil {
 		o := metrics.OutcomeInvalidSignature
 		if errors.Is(err, ErrStaleTimestamp) {
 			o = metrics.OutcomeStaleTimestamp
@@ -155,7 +167,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), h.cfg.PublishTimeout)
 	defer cancel()
 	res, err := h.cfg.Publisher.Publish(ctx, publish.Message{
-		ID: env.ID, Type: env.EventType, Time: env.Time, WebhookID: keys.WebhookID, Body: body,
+		ID: env.ID, Type: env.EventType, Time: env.Time, WebhookID: keys.webhookID(which), Body: body,
 	})
 	if err != nil {
 		reject(rejection{http.StatusServiceUnavailable, "event bus did not confirm the message, retry later", metrics.OutcomeUnavailable},

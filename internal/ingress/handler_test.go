@@ -81,7 +81,7 @@ func newFixture(t testing.TB, o fixtureOpts) *fixture {
 		}
 	}
 	if o.keys == nil {
-		o.keys = ingress.StaticKeys{Secrets: [][]byte{[]byte(testSecret)}, WebhookID: o.webhookID}
+		o.keys = ingress.StaticKeys{Secrets: [][]byte{[]byte(testSecret)}, WebhookIDs: []string{o.webhookID}}
 	}
 	if o.maxBody == 0 {
 		o.maxBody = 1 << 20

@@ -98,30 +98,37 @@ func parseHeader(h string) (parsedHeader, error) {
 // the given tolerance on |now - t|. It returns nil or one of the Err values
 // above. Comparisons are constant-time.
 func Verify(header string, body []byte, secrets [][]byte, now time.Time, tolerance time.Duration) error {
+	_, err := VerifyWhich(header, body, secrets, now, tolerance)
+	return err
+}
+
+// VerifyWhich is Verify that also tells which secret matched: its index in
+// secrets.
+func VerifyWhich(header string, body []byte, secrets [][]byte, now time.Time, tolerance time.Duration) (int, error) {
 	p, err := parseHeader(header)
 	if err != nil {
-		return err
+		return -1, err
 	}
 	skew := now.Unix() - p.t
 	if skew < 0 {
 		skew = -skew
 	}
 	if skew > int64(tolerance/time.Second) {
-		return ErrStaleTimestamp
+		return -1, ErrStaleTimestamp
 	}
-	matched := false
-	for _, secret := range secrets {
+	matched := -1
+	for k, secret := range secrets {
 		want := mac(secret, p.ts, body)
 		for i := range p.sigs {
 			// No early return: the time taken does not reveal which secret
 			// or entry matched.
-			if hmac.Equal(want, p.sigs[i][:]) {
-				matched = true
+			if hmac.Equal(want, p.sigs[i][:]) && matched < 0 {
+				matched = k
 			}
 		}
 	}
-	if !matched {
-		return ErrSignatureInvalid
+	if matched < 0 {
+		return -1, ErrSignatureInvalid
 	}
-	return nil
+	return matched, nil
 }

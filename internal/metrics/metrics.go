@@ -63,7 +63,28 @@ type Metrics struct {
 	NATSDisconnects prometheus.Counter
 	NATSReconnects  prometheus.Counter
 	NATSErrors      prometheus.Counter
+
+	RegistrationHealthy  prometheus.Gauge
+	Reconciles           *prometheus.CounterVec
+	LastReconcileSuccess prometheus.Gauge
+	SecretCreated        prometheus.Gauge
+	APIRequests          *prometheus.CounterVec
+	APIRequestFailures   *prometheus.CounterVec
+	APIRequestDuration   *prometheus.HistogramVec
 }
+
+// Reconcile outcomes.
+const (
+	ReconcileOK       = "ok"       // the webhook at Datagrid was as wanted
+	ReconcileRepaired = "repaired" // something was created, re-enabled, restored or replaced
+	ReconcileFailed   = "failed"   // the reconcile could not finish; it is retried
+)
+
+// APIOperations are the Datagrid API calls the relay makes.
+var APIOperations = []string{"create", "retrieve", "update", "list", "delete", "list_active"}
+
+// StatusClasses label API answers; "error" is no answer at all.
+var StatusClasses = []string{"2xx", "4xx", "5xx", "error"}
 
 // New creates the metrics and registers them, with the Go and process
 // collectors and datagrid_relay_build_info, on reg.
@@ -128,6 +149,46 @@ func New(reg prometheus.Registerer, info BuildInfo) *Metrics {
 			Help: "Asynchronous errors reported by the NATS connection.",
 		}),
 	}
+	m.RegistrationHealthy = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: Namespace, Name: "registration_healthy",
+		Help: "1 when the webhook at Datagrid matches the configuration and its secret is known (always 1 with a static secret), else 0.",
+	})
+	m.Reconciles = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "reconciles_total",
+		Help: "Registration reconciles, by outcome (ok, repaired, failed).",
+	}, []string{"outcome"})
+	m.LastReconcileSuccess = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: Namespace, Name: "last_reconcile_success_timestamp_seconds",
+		Help: "Unix time of the last reconcile that finished (0 before the first).",
+	})
+	m.SecretCreated = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: Namespace, Name: "secret_created_timestamp_seconds",
+		Help: "Unix time the current signing secret was created; its age is time() minus this (0 with a static secret).",
+	})
+	m.APIRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "api_requests_total",
+		Help: "HTTP requests to the Datagrid API, by operation and status class (2xx, 4xx, 5xx, error for no answer).",
+	}, []string{"operation", "status_class"})
+	m.APIRequestFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "api_request_failures_total",
+		Help: "Datagrid API requests that got no 2xx answer, by operation.",
+	}, []string{"operation"})
+	m.APIRequestDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: Namespace, Name: "api_request_duration_seconds",
+		Help:    "Time of one HTTP request to the Datagrid API, by operation.",
+		Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+	}, []string{"operation"})
+	for _, o := range []string{ReconcileOK, ReconcileRepaired, ReconcileFailed} {
+		m.Reconciles.WithLabelValues(o)
+	}
+	for _, op := range APIOperations {
+		m.APIRequestFailures.WithLabelValues(op)
+		m.APIRequestDuration.WithLabelValues(op)
+		for _, c := range StatusClasses {
+			m.APIRequests.WithLabelValues(op, c)
+		}
+	}
+
 	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: Namespace, Name: "build_info",
 		Help:        "Always 1; labels identify the running build.",
@@ -151,8 +212,29 @@ func New(reg prometheus.Registerer, info BuildInfo) *Metrics {
 		m.Deliveries, m.DeliveryDuration, m.InFlight, m.BodyLimit, m.LastPublished, m.Secrets, m.UnknownPath,
 		m.Publishes, m.PublishFailures, m.PublishDuration,
 		m.NATSConnected, m.NATSDisconnects, m.NATSReconnects, m.NATSErrors,
+		m.RegistrationHealthy, m.Reconciles, m.LastReconcileSuccess, m.SecretCreated,
+		m.APIRequests, m.APIRequestFailures, m.APIRequestDuration,
 	)
 	return m
+}
+
+// APIRequest records one HTTP request to the Datagrid API: its operation,
+// its status (0 when there was no answer) and its duration.
+func (m *Metrics) APIRequest(op string, status int, seconds float64) {
+	class := "error"
+	switch {
+	case status >= 200 && status < 300:
+		class = "2xx"
+	case status >= 400 && status < 500:
+		class = "4xx"
+	case status >= 500:
+		class = "5xx"
+	}
+	m.APIRequests.WithLabelValues(op, class).Inc()
+	if class != "2xx" {
+		m.APIRequestFailures.WithLabelValues(op).Inc()
+	}
+	m.APIRequestDuration.WithLabelValues(op).Observe(seconds)
 }
 
 // Delivery counts one answered delivery and its duration.

@@ -1,6 +1,8 @@
 package publish
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -32,7 +34,8 @@ type ConnConfig struct {
 // is answered 503 instead of 2xx for a message that is not yet stored.
 // Connection events are logged and counted. If no server answers yet,
 // Connect still returns a connection that keeps trying in the background.
-func Connect(cfg ConnConfig, log *zap.Logger, m *metrics.Metrics) (*nats.Conn, error) {
+func Connect(cfg ConnConfig, log *zap.Logger, m *metrics.Metrics) (*Conn, error) {
+	closed := make(chan struct{})
 	opts := []nats.Option{
 		nats.Name(cfg.Name),
 		nats.MaxReconnects(-1),
@@ -56,6 +59,7 @@ func Connect(cfg ConnConfig, log *zap.Logger, m *metrics.Metrics) (*nats.Conn, e
 		nats.ClosedHandler(func(*nats.Conn) {
 			m.NATSConnected.Set(0)
 			log.Info("nats connection closed")
+			close(closed) // the last callback nats.go makes
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 			m.NATSErrors.Inc()
@@ -87,5 +91,31 @@ func Connect(cfg ConnConfig, log *zap.Logger, m *metrics.Metrics) (*nats.Conn, e
 		// nats.go errors name files and servers, never passwords or tokens.
 		return nil, fmt.Errorf("connect to nats: %w", err)
 	}
-	return nc, nil
+	return &Conn{Conn: nc, closed: closed}, nil
+}
+
+// Conn is a NATS connection from Connect, which knows when it has closed.
+type Conn struct {
+	*nats.Conn
+	closed chan struct{}
+}
+
+// Shutdown drains the connection (pending messages flushed, subscriptions
+// finished) and waits until it is closed and its last callback has run, so
+// nothing logs after it returns. When ctx ends first the connection is
+// closed at once.
+func (c *Conn) Shutdown(ctx context.Context) error {
+	var err error
+	if derr := c.Drain(); derr != nil && !errors.Is(derr, nats.ErrConnectionClosed) {
+		err = fmt.Errorf("drain: %w", derr)
+		c.Close()
+	}
+	select {
+	case <-c.closed:
+		return err
+	case <-ctx.Done():
+		c.Close()
+		<-c.closed
+		return ctx.Err()
+	}
 }

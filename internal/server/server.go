@@ -9,13 +9,19 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/datagrid-relay/relay/internal/bootstrap"
 	"github.com/datagrid-relay/relay/internal/config"
+	"github.com/datagrid-relay/relay/internal/datagrid"
 	"github.com/datagrid-relay/relay/internal/ingress"
 	"github.com/datagrid-relay/relay/internal/metrics"
 	"github.com/datagrid-relay/relay/internal/publish"
@@ -38,24 +44,15 @@ type Options struct {
 // It returns nil after a clean shutdown.
 func Run(ctx context.Context, o Options) error {
 	cfg, log := o.Config, o.Log
-	if cfg.Registering() {
-		return errors.New("self-registration is not available in this build: set RELAY_WEBHOOK_SECRET")
-	}
 	m := metrics.New(o.Registry, o.Build)
 
-	nc, err := publish.Connect(publish.ConnConfig{
-		URLs: cfg.NATSURL, Name: "datagrid-relay " + o.Build.Version,
-		Creds: cfg.NATSCreds, NKeySeedFile: cfg.NATSNKeySeedFile,
-		User: cfg.NATSUser, Password: cfg.NATSPassword, Token: cfg.NATSToken,
-		TLSCA: cfg.NATSTLSCA, TLSCert: cfg.NATSTLSCert, TLSKey: cfg.NATSTLSKey,
-		ReconnectWait: cfg.NATSReconnectWait,
-	}, log.Named("nats"), m)
+	nc, err := publish.Connect(ConnConfig(cfg, "datagrid-relay "+o.Build.Version), log.Named("nats"), m)
 	if err != nil {
 		return err
 	}
-	defer nc.Close() // a no-op after a successful drain
+	defer nc.Close() // a no-op after Shutdown
 
-	pub, err := publish.New(nc, publish.Config{
+	pub, err := publish.New(nc.Conn, publish.Config{
 		Mode: cfg.PublishMode, SubjectPrefix: cfg.SubjectPrefix, Stream: cfg.Stream,
 		Replicas: cfg.StreamReplicas, MaxAge: cfg.StreamMaxAge, DedupeWindow: cfg.DedupeWindow,
 		Source: eventSource(cfg.BaseURL),
@@ -64,21 +61,29 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 
-	keys := staticKeys(cfg.WebhookSecrets)
-	m.Secrets.Set(float64(len(keys.Secrets)))
-
 	ready := &readiness{}
 	ready.add("nats", pub.Check)
 	stream := newStreamKeeper(pub, log)
 	if cfg.PublishMode == publish.ModeJetStream {
 		ready.add("stream", stream.check)
 	}
-	ready.add("signing secret", func(context.Context) error {
-		if len(keys.Keys().Secrets) == 0 {
-			return errors.New("no signing secret known yet")
+
+	// The signing secrets: given by hand, or kept by the registrar.
+	var keys ingress.Keyring
+	var registrar *bootstrap.Registrar
+	if cfg.Registering() {
+		registrar, err = NewRegistrar(cfg, nc.Conn, o.Build.Version, log.Named("registration"), m)
+		if err != nil {
+			return err
 		}
-		return nil
-	})
+		keys = registrar.Keys()
+		ready.add("registration", registrar.Check)
+	} else {
+		static := staticKeys(cfg.WebhookSecrets)
+		keys = static
+		m.Secrets.Set(float64(len(static.Secrets)))
+		m.RegistrationHealthy.Set(1) // nothing to register
+	}
 
 	delivery := ingress.NewHandler(ingress.Config{
 		Keys: keys, Publisher: pub, Metrics: m, Log: log.Named("ingress"),
@@ -114,44 +119,62 @@ func Run(ctx context.Context, o Options) error {
 	log.Info("relay started",
 		zap.String("public_addr", publicLn.Addr().String()), zap.String("delivery_path", cfg.DeliveryPath()),
 		zap.String("admin_addr", adminLn.Addr().String()), zap.String("publish_mode", cfg.PublishMode),
-		zap.String("subjects", pub.Subjects()), zap.Int("signing_secrets", len(keys.Secrets)))
+		zap.String("subjects", pub.Subjects()), zap.Bool("self_registration", registrar != nil))
 	if o.Listening != nil {
 		o.Listening(publicLn.Addr(), adminLn.Addr())
 	}
 
 	bg, stopBG := context.WithCancel(ctx)
 	defer stopBG()
-	streamDone := make(chan struct{})
+	var background sync.WaitGroup
+	if cfg.PublishMode == publish.ModeJetStream {
+		background.Go(func() { stream.run(bg) })
+	}
+	fatal := make(chan error, 3)
+	if registrar != nil {
+		background.Go(func() {
+			if err := registrar.Run(bg); err != nil {
+				fatal <- err
+			}
+		})
+	}
 	go func() {
-		defer close(streamDone)
-		if cfg.PublishMode == publish.ModeJetStream {
-			stream.run(bg)
+		if err := serve(public, publicLn); err != nil {
+			fatal <- fmt.Errorf("public listener: %w", err)
 		}
 	}()
-
-	serveErr := make(chan error, 2)
-	go func() { serveErr <- serve(public, publicLn) }()
-	go func() { serveErr <- serve(admin, adminLn) }()
+	go func() {
+		if err := serve(admin, adminLn); err != nil {
+			fatal <- fmt.Errorf("admin listener: %w", err)
+		}
+	}()
 
 	var runErr error
 	select {
 	case <-ctx.Done():
 		log.Info("shutting down")
-	case runErr = <-serveErr:
-		log.Error("listener stopped, shutting down", zap.Error(runErr))
+	case runErr = <-fatal:
+		log.Error("cannot go on, shutting down", zap.Error(runErr))
 	}
 
 	// Shutdown: readiness false, finish deliveries, drain NATS, stop admin.
 	ready.stopping.Store(true)
 	stopBG()
-	<-streamDone
+	background.Wait()
 	deadline, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
 	defer cancel()
 	if err := public.Shutdown(deadline); err != nil {
 		log.Warn("in-flight deliveries cut off at the shutdown deadline", zap.Error(err))
 		_ = public.Close()
 	}
-	if err := drain(deadline, nc); err != nil {
+	if registrar != nil && cfg.DeregisterOnShutdown && runErr == nil {
+		if ids, err := registrar.Deregister(deadline); err != nil {
+			log.Warn("deregister on shutdown incomplete", zap.Error(err))
+		} else {
+			log.Info("deregistered on shutdown (RELAY_DEREGISTER_ON_SHUTDOWN)", zap.Strings("deleted_webhooks", ids))
+		}
+	}
+	if err := nc.Shutdown(deadline); err != nil {
 		log.Warn("nats drain incomplete", zap.Error(err))
 	}
 	if err := admin.Shutdown(deadline); err != nil {
@@ -161,31 +184,42 @@ func Run(ctx context.Context, o Options) error {
 	return runErr
 }
 
+// ConnConfig is how cfg reaches NATS, under the connection name name.
+func ConnConfig(cfg config.Config, name string) publish.ConnConfig {
+	return publish.ConnConfig{
+		URLs: cfg.NATSURL, Name: name,
+		Creds: cfg.NATSCreds, NKeySeedFile: cfg.NATSNKeySeedFile,
+		User: cfg.NATSUser, Password: cfg.NATSPassword, Token: cfg.NATSToken,
+		TLSCA: cfg.NATSTLSCA, TLSCert: cfg.NATSTLSCert, TLSKey: cfg.NATSTLSKey,
+		ReconnectWait: cfg.NATSReconnectWait,
+	}
+}
+
+// NewRegistrar builds the registrar for cfg on nc: the Datagrid client,
+// instrumented, and the key-value store. It does no I/O.
+func NewRegistrar(cfg config.Config, nc *nats.Conn, version string, log *zap.Logger, m *metrics.Metrics) (*bootstrap.Registrar, error) {
+	api, err := datagrid.New(datagrid.Config{
+		BaseURL: cfg.BaseURL, APIKey: cfg.APIKey, UserAgent: "datagrid-relay/" + version,
+		Observe: func(op string, status int, d time.Duration, _ error) { m.APIRequest(op, status, d.Seconds()) },
+	})
+	if err != nil {
+		return nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream context: %w", err)
+	}
+	host, _ := os.Hostname()
+	return bootstrap.NewRegistrar(api, bootstrap.NewStore(js, cfg.StateBucket, cfg.StreamReplicas), bootstrap.Config{
+		PublicURL: cfg.PublicURL, Events: cfg.Events,
+		ReconcileInterval: cfg.ReconcileInterval, RotationGrace: cfg.RotationGrace,
+		Instance: host + "/" + strconv.Itoa(os.Getpid()),
+	}, log, m, nil), nil
+}
+
 func serve(s *http.Server, ln net.Listener) error {
 	if err := s.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 		return err
-	}
-	return nil
-}
-
-// drain flushes what the connection still holds and closes it, waiting at
-// most until ctx ends.
-func drain(ctx context.Context, nc *nats.Conn) error {
-	if nc.IsClosed() {
-		return nil
-	}
-	if err := nc.Drain(); err != nil {
-		return fmt.Errorf("drain: %w", err)
-	}
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for !nc.IsClosed() {
-		select {
-		case <-ctx.Done():
-			nc.Close()
-			return ctx.Err()
-		case <-tick.C:
-		}
 	}
 	return nil
 }

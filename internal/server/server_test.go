@@ -28,6 +28,7 @@ type relay struct {
 	delivery, admin string
 	done            chan error
 	cancel          context.CancelFunc
+	stopped         sync.Once
 }
 
 // start runs the relay against natsURL with env on top of a test baseline,
@@ -74,17 +75,20 @@ func start(t *testing.T, natsURL string, env map[string]string, log *zap.Logger)
 	return r
 }
 
+// stop cancels the relay as SIGTERM does and checks it ends cleanly; it may
+// be called more than once.
 func (r *relay) stop(t *testing.T) {
-	r.cancel()
-	select {
-	case err, ok := <-r.done:
-		if ok && err != nil {
-			t.Errorf("relay stopped with %v, want nil", err)
+	r.stopped.Do(func() {
+		r.cancel()
+		select {
+		case err := <-r.done:
+			if err != nil {
+				t.Errorf("relay stopped with %v, want nil", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Error("relay did not stop within 30s")
 		}
-		close(r.done)
-	case <-time.After(30 * time.Second):
-		t.Error("relay did not stop within 30s")
-	}
+	})
 }
 
 func streamMsgIDs(t *testing.T, url string) map[string]int {

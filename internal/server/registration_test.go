@@ -1,0 +1,499 @@
+package server_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/datagrid-relay/relay/internal/bootstrap"
+	"github.com/datagrid-relay/relay/internal/config"
+	"github.com/datagrid-relay/relay/internal/datagrid/datagridtest"
+	"github.com/datagrid-relay/relay/internal/event"
+	"github.com/datagrid-relay/relay/internal/metrics"
+	"github.com/datagrid-relay/relay/internal/natstest"
+	"github.com/datagrid-relay/relay/internal/relaytest"
+	"github.com/datagrid-relay/relay/internal/server"
+)
+
+const (
+	apiKey    = "dg_test_key_7c1e55"
+	publicURL = "https://relay.example.com/webhooks/datagrid"
+)
+
+// registering is a NATS server and a fake Datagrid API for relays that
+// register themselves.
+type registering struct {
+	t    *testing.T
+	nats string
+	api  *datagridtest.Server
+	env  map[string]string
+}
+
+func newRegistering(t *testing.T) *registering {
+	t.Helper()
+	ns := natstest.Start(t, nil)
+	api, err := datagridtest.Start(datagridtest.Options{APIKey: apiKey, MaxPageSize: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = api.Close() })
+	return &registering{t: t, nats: ns.ClientURL(), api: api, env: map[string]string{
+		"RELAY_WEBHOOK_SECRET":     "",
+		"DATAGRID_API_KEY":         apiKey,
+		"DATAGRID_BASE_URL":        api.URL(),
+		"RELAY_PUBLIC_URL":         publicURL,
+		"RELAY_RECONCILE_INTERVAL": "100ms",
+	}}
+}
+
+func (g *registering) start(extra ...string) *relay {
+	g.t.Helper()
+	env := maps(g.env, extra...)
+	r := start(g.t, g.nats, env, nil)
+	return r
+}
+
+func maps(base map[string]string, kv ...string) map[string]string {
+	m := map[string]string{}
+	for k, v := range base {
+		m[k] = v
+	}
+	for i := 0; i+1 < len(kv); i += 2 {
+		m[kv[i]] = kv[i+1]
+	}
+	return m
+}
+
+// ours lists the webhooks for our URL at the fake.
+func (g *registering) ours() []string {
+	var ids []string
+	for _, wh := range g.api.Webhooks() {
+		if wh.URL == publicURL {
+			ids = append(ids, wh.ID)
+		}
+	}
+	return ids
+}
+
+func (g *registering) onlyWebhook() string {
+	g.t.Helper()
+	ids := g.ours()
+	if len(ids) != 1 {
+		g.t.Fatalf("webhooks for our URL: got %v, want exactly one", ids)
+	}
+	return ids[0]
+}
+
+// registrar is what `relay rotate`, `status` and `deregister` use.
+func (g *registering) registrar(grace time.Duration) *bootstrap.Registrar {
+	g.t.Helper()
+	env := maps(g.env, "NATS_URL", g.nats, "RELAY_ROTATION_GRACE", grace.String())
+	cfg, err := config.Load(func(k string) string { return env[k] })
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	nc, err := nats.Connect(g.nats)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	g.t.Cleanup(nc.Close)
+	reg, err := server.NewRegistrar(cfg, nc, "test", zap.NewNop(), metrics.New(prometheus.NewRegistry(), metrics.BuildInfo{}))
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	return reg
+}
+
+func deliver(t *testing.T, r *relay, secret, id string) relaytest.Response {
+	t.Helper()
+	resp, err := relaytest.Post(r.delivery, secret, relaytest.Envelope(id, "batch_prediction.completed"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+func TestFirstStartRegistersOnce(t *testing.T) {
+	g := newRegistering(t)
+	r := g.start()
+	relaytest.WaitStatus(t, 10*time.Second, r.admin+"/readyz", 200)
+
+	if n := g.api.Count("POST", "/v1/webhooks"); n != 1 {
+		t.Fatalf("creates: got %d, want 1", n)
+	}
+	for _, req := range g.api.Requests() {
+		if !req.AuthOK {
+			t.Errorf("%s %s without the right Bearer key", req.Method, req.Path)
+		}
+		if ua := req.Header.Get("User-Agent"); !strings.HasPrefix(ua, "datagrid-relay/") {
+			t.Errorf("User-Agent: got %q, want datagrid-relay/<version>", ua)
+		}
+		if req.Method == "POST" {
+			if req.Body["url"] != publicURL {
+				t.Errorf("create url: got %v, want %s", req.Body["url"], publicURL)
+			}
+			var events []string
+			for _, e := range req.Body["events"].([]any) {
+				events = append(events, e.(string))
+			}
+			if !slices.Equal(events, event.Known) {
+				t.Errorf("create events: got %v, want %v", events, event.Known)
+			}
+		}
+	}
+	id := g.onlyWebhook()
+	if resp := deliver(t, r, g.api.Secret(id), "evt_first"); resp.Status != 200 {
+		t.Fatalf("delivery: got %d %s, want 200", resp.Status, resp.Body)
+	}
+	m, _ := relaytest.Get(r.admin + "/metrics")
+	for _, want := range []string{
+		"datagrid_relay_registration_healthy 1",
+		`datagrid_relay_api_requests_total{operation="create",status_class="2xx"} 1`,
+		"datagrid_relay_signing_secrets 1",
+	} {
+		if !strings.Contains(m.Body, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+}
+
+func TestThreeReplicasStartingTogetherRegisterOneWebhook(t *testing.T) {
+	g := newRegistering(t)
+	relays := make([]*relay, 3)
+	var wg sync.WaitGroup
+	for i := range relays {
+		wg.Go(func() { relays[i] = g.start() })
+	}
+	wg.Wait()
+	for _, r := range relays {
+		relaytest.WaitStatus(t, 15*time.Second, r.admin+"/readyz", 200)
+	}
+	if n := g.api.Count("POST", "/v1/webhooks"); n != 1 {
+		t.Fatalf("creates: got %d, want 1", n)
+	}
+	secret := g.api.Secret(g.onlyWebhook())
+	for i, r := range relays {
+		if resp := deliver(t, r, secret, fmt.Sprintf("evt_replica_%d", i)); resp.Status != 200 {
+			t.Fatalf("replica %d: got %d %s, want 200", i, resp.Status, resp.Body)
+		}
+	}
+}
+
+func TestRestartCreatesNothing(t *testing.T) {
+	g := newRegistering(t)
+	r := g.start()
+	relaytest.WaitStatus(t, 10*time.Second, r.admin+"/readyz", 200)
+	r.stop(t)
+
+	r = g.start()
+	relaytest.WaitStatus(t, 10*time.Second, r.admin+"/readyz", 200)
+	if n := g.api.Count("POST", "/v1/webhooks"); n != 1 {
+		t.Fatalf("creates: got %d, want 1", n)
+	}
+	if resp := deliver(t, r, g.api.Secret(g.onlyWebhook()), "evt_restart"); resp.Status != 200 {
+		t.Fatalf("delivery: got %d, want 200", resp.Status)
+	}
+}
+
+func TestStaleWebhookForOurURLIsReplacedOthersUntouched(t *testing.T) {
+	g := newRegistering(t)
+	var unrelated []string
+	for i := range 5 {
+		id, _ := g.api.Seed(fmt.Sprintf("https://other%d.example.com/hook", i), []string{"batch_prediction.failed"}, true)
+		unrelated = append(unrelated, id)
+	}
+	stale, staleSecret := g.api.Seed(publicURL, []string{"batch_prediction.completed"}, true)
+
+	r := g.start()
+	relaytest.WaitStatus(t, 10*time.Second, r.admin+"/readyz", 200)
+	relaytest.WaitFor(t, 10*time.Second, "the stale webhook to be deleted", func() bool {
+		_, ok := g.api.Webhook(stale)
+		return !ok
+	})
+	id := g.onlyWebhook()
+	if id == stale {
+		t.Fatal("the stale webhook was kept")
+	}
+	for _, u := range unrelated {
+		if _, ok := g.api.Webhook(u); !ok {
+			t.Errorf("unrelated webhook %s was deleted", u)
+		}
+	}
+	if resp := deliver(t, r, staleSecret, "evt_stale"); resp.Status != 401 {
+		t.Fatalf("delivery with the stale secret: got %d, want 401", resp.Status)
+	}
+	if resp := deliver(t, r, g.api.Secret(id), "evt_new"); resp.Status != 200 {
+		t.Fatalf("delivery with the new secret: got %d, want 200", resp.Status)
+	}
+}
+
+func TestDriftIsRepaired(t *testing.T) {
+	g := newRegistering(t)
+	a, b := g.start(), g.start()
+	relaytest.WaitStatus(t, 10*time.Second, a.admin+"/readyz", 200)
+	relaytest.WaitStatus(t, 10*time.Second, b.admin+"/readyz", 200)
+	id := g.onlyWebhook()
+
+	t.Run("disabled", func(t *testing.T) {
+		g.api.Disable(id)
+		relaytest.WaitFor(t, 10*time.Second, "the webhook to be enabled again", func() bool {
+			wh, ok := g.api.Webhook(id)
+			return ok && wh.Enabled
+		})
+	})
+	t.Run("events changed", func(t *testing.T) {
+		g.api.SetEvents(id, []string{"batch_prediction.failed"})
+		relaytest.WaitFor(t, 10*time.Second, "the events to be restored", func() bool {
+			wh, ok := g.api.Webhook(id)
+			return ok && len(wh.Events) == len(event.Known)
+		})
+	})
+	t.Run("deleted", func(t *testing.T) {
+		g.api.Remove(id)
+		var fresh string
+		relaytest.WaitFor(t, 10*time.Second, "a new webhook", func() bool {
+			ids := g.ours()
+			if len(ids) == 1 && ids[0] != id {
+				fresh = ids[0]
+			}
+			return fresh != ""
+		})
+		secret := g.api.Secret(fresh)
+		for i, r := range []*relay{a, b} {
+			relaytest.WaitFor(t, 5*time.Second, fmt.Sprintf("replica %d to accept the new secret", i), func() bool {
+				return deliver(t, r, secret, fmt.Sprintf("evt_drift_%d", i)).Status == 200
+			})
+		}
+		if n := len(g.ours()); n != 1 {
+			t.Fatalf("webhooks for our URL: got %d, want 1", n)
+		}
+	})
+}
+
+func TestRateLimitedAtStart(t *testing.T) {
+	g := newRegistering(t)
+	g.api.FailNext(2, 429, "1")
+	r := g.start()
+	relaytest.WaitStatus(t, 20*time.Second, r.admin+"/readyz", 200)
+	limited := g.api.RateLimited()
+	if len(limited) != 2 {
+		t.Fatalf("429 answers: got %d, want 2", len(limited))
+	}
+	// The request after each 429 came at least Retry-After later.
+	reqs := g.api.Requests()
+	for _, l := range limited {
+		for _, next := range reqs {
+			if next.Received.After(l.Answered) {
+				if gap := next.Received.Sub(l.Answered); gap < time.Second {
+					t.Errorf("next request %s after a 429 with Retry-After: 1, want at least 1s", gap)
+				}
+				break
+			}
+		}
+	}
+	if n := g.api.Count("POST", "/v1/webhooks"); n != 3 || len(g.ours()) != 1 {
+		t.Fatalf("got %d create calls and %d webhooks, want 3 calls (two refused) and one webhook", n, len(g.ours()))
+	}
+}
+
+func TestRejectedAPIKeyStopsTheStart(t *testing.T) {
+	g := newRegistering(t)
+	env := maps(g.env, "DATAGRID_API_KEY", "dg_wrong_key_5150", "NATS_URL", g.nats,
+		"RELAY_LISTEN_ADDR", "127.0.0.1:0", "RELAY_ADMIN_ADDR", "127.0.0.1:0")
+	cfg, err := config.Load(func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs logBuffer
+	done := make(chan error, 1)
+	go func() {
+		done <- server.Run(context.Background(), server.Options{Config: cfg, Log: logs.logger(), Registry: prometheus.NewRegistry()})
+	}()
+	select {
+	case err = <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the relay kept running with a rejected API key")
+	}
+	var fatal *bootstrap.FatalError
+	if !errors.As(err, &fatal) || !strings.Contains(err.Error(), "DATAGRID_API_KEY") || !strings.Contains(err.Error(), "401") {
+		t.Fatalf("got %v, want a FatalError naming DATAGRID_API_KEY and the 401", err)
+	}
+	if strings.Contains(err.Error()+logs.String(), "dg_wrong_key_5150") {
+		t.Fatal("the API key leaked into the error or the logs")
+	}
+}
+
+func TestUnreachableAPI(t *testing.T) {
+	t.Run("no stored state: not ready, with the reason", func(t *testing.T) {
+		g := newRegistering(t)
+		_ = g.api.Close()
+		r := g.start()
+		relaytest.WaitFor(t, 10*time.Second, "readyz to name the registration", func() bool {
+			resp, _ := relaytest.Get(r.admin + "/readyz")
+			return resp.Status == 503 && strings.Contains(resp.Body, "registration: no signing secret known yet")
+		})
+		if resp := deliver(t, r, "whsec_anything", "evt_unreachable"); resp.Status != 503 {
+			t.Fatalf("delivery: got %d, want 503", resp.Status)
+		}
+	})
+	t.Run("stored state: serves meanwhile", func(t *testing.T) {
+		g := newRegistering(t)
+		r := g.start()
+		relaytest.WaitStatus(t, 10*time.Second, r.admin+"/readyz", 200)
+		secret := g.api.Secret(g.onlyWebhook())
+		r.stop(t)
+		g.api.FailNextWith(1_000_000, datagridtest.Fault{Status: 503})
+		r = g.start()
+		relaytest.WaitStatus(t, 10*time.Second, r.admin+"/readyz", 200)
+		if resp := deliver(t, r, secret, "evt_meanwhile"); resp.Status != 200 {
+			t.Fatalf("delivery: got %d, want 200", resp.Status)
+		}
+		m, _ := relaytest.Get(r.admin + "/metrics")
+		if !strings.Contains(m.Body, "datagrid_relay_registration_healthy 0") {
+			t.Error("registration_healthy should be 0 while the API fails")
+		}
+	})
+}
+
+// TestRotateUnderLoad rotates while a simulated Datagrid delivers a steady
+// stream of events through every webhook registered for our URL, each
+// signed with that webhook's secret and retried until answered 2xx (at
+// least once, as Datagrid does). No event is lost or stored twice; after the
+// grace period the old secret is refused and the old webhook is gone.
+func TestRotateUnderLoad(t *testing.T) {
+	g := newRegistering(t)
+	r := g.start()
+	relaytest.WaitStatus(t, 10*time.Second, r.admin+"/readyz", 200)
+	old := g.onlyWebhook()
+	oldSecret := g.api.Secret(old)
+
+	var (
+		sent   atomic.Int64
+		stop   atomic.Bool
+		failed atomic.Value
+		wg     sync.WaitGroup
+	)
+	wg.Go(func() {
+		for i := 0; !stop.Load(); i++ {
+			id := fmt.Sprintf("evt_rot_%d", i)
+			for _, wh := range g.api.Webhooks() {
+				if wh.URL != publicURL || !wh.Enabled {
+					continue
+				}
+				deadline := time.Now().Add(20 * time.Second)
+				for {
+					resp, err := relaytest.Post(r.delivery, g.api.Secret(wh.ID), relaytest.Envelope(id, "batch_prediction.completed"))
+					if err == nil && resp.Status == 200 {
+						break
+					}
+					if _, exists := g.api.Webhook(wh.ID); !exists {
+						break // Datagrid stops delivering through a deleted webhook
+					}
+					if time.Now().After(deadline) {
+						failed.Store(fmt.Sprintf("%s through %s never accepted (last %d)", id, wh.ID, resp.Status))
+						return
+					}
+				}
+			}
+			sent.Store(int64(i + 1))
+		}
+	})
+	relaytest.WaitFor(t, 10*time.Second, "events before the rotation", func() bool { return sent.Load() >= 20 })
+
+	st, err := g.registrar(time.Second).Rotate(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Previous == nil || st.Previous.WebhookID != old || st.WebhookID == old {
+		t.Fatalf("rotated state: got %s, want a new webhook with %s as previous", st.Summary(), old)
+	}
+	before := sent.Load()
+	relaytest.WaitFor(t, 10*time.Second, "events during the grace period", func() bool { return sent.Load() >= before+20 })
+	relaytest.WaitFor(t, 10*time.Second, "the old webhook to be deleted after the grace", func() bool {
+		_, ok := g.api.Webhook(old)
+		return !ok
+	})
+	if resp := deliver(t, r, oldSecret, "evt_old_secret"); resp.Status != 401 {
+		t.Fatalf("delivery with the old secret after the grace: got %d, want 401", resp.Status)
+	}
+	after := sent.Load()
+	relaytest.WaitFor(t, 10*time.Second, "events after the rotation", func() bool { return sent.Load() >= after+20 })
+	stop.Store(true)
+	wg.Wait()
+	if f := failed.Load(); f != nil {
+		t.Fatal(f)
+	}
+
+	ids := streamMsgIDs(t, g.nats)
+	for i := range int(sent.Load()) {
+		if id := fmt.Sprintf("evt_rot_%d", i); ids[id] != 1 {
+			t.Errorf("%s stored %d times, want 1", id, ids[id])
+		}
+	}
+	if id := g.onlyWebhook(); id != st.WebhookID {
+		t.Fatalf("webhook for our URL: got %s, want the rotated %s", id, st.WebhookID)
+	}
+}
+
+func TestDeregisterLeavesNothing(t *testing.T) {
+	g := newRegistering(t)
+	r := g.start()
+	relaytest.WaitStatus(t, 10*time.Second, r.admin+"/readyz", 200)
+	unrelated, _ := g.api.Seed("https://other.example.com/hook", []string{"batch_prediction.failed"}, true)
+
+	reg := g.registrar(time.Minute)
+	ids, err := reg.Deregister(context.Background())
+	if err != nil || len(ids) != 1 {
+		t.Fatalf("deregister: got %v %v, want one webhook deleted", ids, err)
+	}
+	if left := g.ours(); len(left) != 0 {
+		t.Fatalf("webhooks left for our URL: %v", left)
+	}
+	if _, ok := g.api.Webhook(unrelated); !ok {
+		t.Fatal("deregister deleted an unrelated webhook")
+	}
+	if _, err := reg.State(context.Background()); !errors.Is(err, bootstrap.ErrNoState) {
+		t.Fatalf("state after deregister: got %v, want ErrNoState", err)
+	}
+	// The running relay notices, refuses deliveries and does not register
+	// again while reconciles go on.
+	relaytest.WaitStatus(t, 10*time.Second, r.admin+"/readyz", 503)
+	creates := g.api.Count("POST", "/v1/webhooks")
+	reconciles := func() float64 {
+		m, _ := relaytest.Get(r.admin + "/metrics")
+		var n float64
+		for _, line := range strings.Split(m.Body, "\n") {
+			if strings.HasPrefix(line, `datagrid_relay_reconciles_total{outcome="failed"}`) {
+				_, _ = fmt.Sscanf(strings.Fields(line)[1], "%g", &n)
+			}
+		}
+		return n
+	}
+	base := reconciles()
+	relaytest.WaitFor(t, 10*time.Second, "reconciles after deregister", func() bool { return reconciles() >= base+1 })
+	if n := g.api.Count("POST", "/v1/webhooks"); n != creates || len(g.ours()) != 0 {
+		t.Fatalf("the relay registered again after deregister: %d creates, %v", n, g.ours())
+	}
+	// The secrets are gone from the bucket, history included.
+	nc, _ := nats.Connect(g.nats)
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	kv, err := js.KeyValue(context.Background(), "datagrid_relay")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hist, err := kv.History(context.Background(), "registration"); err == nil && len(hist) > 0 && len(hist[len(hist)-1].Value()) > 0 {
+		t.Fatalf("registration history still holds %d entries with values", len(hist))
+	}
+}
