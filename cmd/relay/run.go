@@ -36,6 +36,7 @@ type env struct {
 func commands() []command {
 	return []command{
 		{"serve", "run the gateway (the default)", runServe},
+		{"demo", "the whole pipeline on this machine: embedded NATS, a Datagrid simulator, the relay; --events N stops after N", runDemo},
 		{"status", "show the registration (stored state and what the API says); exit 0 healthy, 1 not", runStatus},
 		{"rotate", "rotate the signing secret with no lost and no duplicated events", runRotate},
 		{"deregister", "delete the webhook at Datagrid and the stored state (used on uninstall)", runDeregister},

@@ -48,6 +48,9 @@ func Connect(cfg ConnConfig, log *zap.Logger, m *metrics.Metrics) (*Conn, error)
 		}),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			m.NATSConnected.Set(0)
+			if err == nil {
+				return // our own close or drain, not a lost connection
+			}
 			m.NATSDisconnects.Inc()
 			log.Warn("nats disconnected", zap.Error(err))
 		}),

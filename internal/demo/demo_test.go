@@ -1,0 +1,104 @@
+package demo
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+// syncBuffer lets the demo write while the test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestDemoRelaysFiveEvents(t *testing.T) {
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
+	defer goleak.VerifyNone(t)
+
+	var stdout, stderr syncBuffer
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := Run(ctx, Options{Events: 5, Rate: 20}, &stdout, &stderr); err != nil {
+		t.Fatalf("demo: got %v, want nil\n%s", err, stderr.String())
+	}
+	if ctx.Err() != nil {
+		t.Fatal("the demo did not stop by itself after 5 events")
+	}
+	out := stdout.String()
+
+	var events []string
+	types := map[string]bool{}
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 3 && strings.HasPrefix(f[1], "datagrid.") {
+			events = append(events, f[2])
+			types[f[1]] = true
+		}
+	}
+	if len(events) != 5 {
+		t.Errorf("event lines: got %d %v, want 5", len(events), events)
+	}
+	if len(types) < 3 {
+		t.Errorf("event types: got %v, want at least 3", types)
+	}
+	if !strings.Contains(out, "duplicate suppressed") {
+		t.Error("no suppressed duplicate was shown")
+	}
+	for _, want := range []string{"sub 'datagrid.>' --server nats://127.0.0.1:", "/metrics", "trigger batch_prediction.completed --url http://127.0.0.1:", "5 events relayed, stopping"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+	if strings.Contains(out+stderr.String(), "whsec_") || strings.Contains(stderr.String(), "WARN") {
+		t.Errorf("secrets or warnings printed:\n%s", stderr.String())
+	}
+	if left, _ := os.ReadDir(tmp); len(left) != 0 {
+		t.Errorf("temporary files left behind: %v", left)
+	}
+}
+
+func TestDemoShowsForgedDeliveriesRefused(t *testing.T) {
+	t.Setenv("TMPDIR", t.TempDir())
+	var stdout, stderr syncBuffer
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, Options{Rate: 50, ForgeSignatures: true}, &stdout, &stderr) }()
+
+	deadline := time.Now().Add(30 * time.Second)
+	for strings.Count(stdout.String(), "refused by the relay: 401 signature does not match") < 3 {
+		if time.Now().After(deadline) {
+			cancel()
+			t.Fatalf("no refusals reported within 30s:\n%s", stdout.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("demo: got %v, want nil after cancellation", err)
+	}
+	for _, line := range strings.Split(stdout.String(), "\n") {
+		if f := strings.Fields(line); len(f) >= 3 && strings.HasPrefix(f[1], "datagrid.") {
+			t.Fatalf("a forged delivery was relayed: %s", line)
+		}
+	}
+}
