@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,24 +17,6 @@ import (
 	"github.com/datagrid-relay/relay/internal/natstest"
 	"github.com/datagrid-relay/relay/internal/relaytest"
 )
-
-// syncBuffer is an io.Writer the relay and the test may use at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
@@ -50,7 +31,7 @@ func freeAddr(t *testing.T) string {
 // running is the relay started through run, as main starts it.
 type running struct {
 	delivery, admin string
-	stdout, stderr  *syncBuffer
+	stdout, stderr  *relaytest.Buffer
 	cancel          context.CancelFunc
 	done            chan error
 }
@@ -62,7 +43,7 @@ func startRun(t *testing.T, env map[string]string) *running {
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{
 		delivery: "http://" + public + "/webhooks/datagrid", admin: "http://" + admin,
-		stdout: &syncBuffer{}, stderr: &syncBuffer{}, cancel: cancel, done: make(chan error, 1),
+		stdout: &relaytest.Buffer{}, stderr: &relaytest.Buffer{}, cancel: cancel, done: make(chan error, 1),
 	}
 	go func() {
 		r.done <- run(ctx, []string{"serve"}, func(k string) string { return env[k] }, r.stdout, r.stderr)
@@ -167,7 +148,7 @@ func TestCommandLine(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
-			var out syncBuffer
+			var out relaytest.Buffer
 			err := run(context.Background(), tt.args, func(string) string { return "" }, &out, &out)
 			if code := exitCode(err, &out); code != tt.code {
 				t.Fatalf("exit code: got %d, want %d (%s)", code, tt.code, out.String())
@@ -237,7 +218,7 @@ func TestNoSecretLeaks(t *testing.T) {
 	}
 
 	// A start that fails, with the same secrets in the environment.
-	var badStart syncBuffer
+	var badStart relaytest.Buffer
 	err := run(context.Background(), nil, func(k string) string {
 		return map[string]string{"RELAY_WEBHOOK_SECRET": webhookSecret + ",", "NATS_PASSWORD": natsPassword, "DATAGRID_API_KEY": apiKey, "NATS_TOKEN": "tok"}[k]
 	}, &badStart, &badStart)

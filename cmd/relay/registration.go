@@ -74,32 +74,48 @@ func timeoutFlag(fs *flag.FlagSet) *time.Duration {
 	return fs.Duration("timeout", 60*time.Second, "give up after this long (NATS or the Datagrid API unreachable)")
 }
 
+// oneShot makes a registration command: its flags, the configuration, the
+// registrar on its own NATS connection, all bounded by --timeout. static
+// runs instead of managed when the webhook is managed by hand.
+func oneShot(name, synopsis string, static func(env, config.Config) error, managed func(context.Context, env, *registration) error) func(context.Context, env, []string) error {
+	return func(ctx context.Context, e env, args []string) error {
+		fs := newFlags(name, synopsis, true, e.stdout)
+		timeout := timeoutFlag(fs)
+		if help, err := parseFlags(fs, args); help || err != nil {
+			return err
+		}
+		reg, err := openRegistration(e)
+		if err != nil {
+			return err
+		}
+		defer reg.close()
+		if reg.registrar == nil {
+			return static(e, reg.cfg)
+		}
+		ctx, cancel := context.WithTimeout(ctx, *timeout)
+		defer cancel()
+		return managed(ctx, e, reg)
+	}
+}
+
 func runStatus(ctx context.Context, e env, args []string) error {
-	fs := newFlags("status", "Show the registration as the relay sees it: the stored state and what the Datagrid API says.\nExits 0 when healthy, 1 when not.", true, e.stdout)
-	timeout := timeoutFlag(fs)
-	if help, err := parseFlags(fs, args); help || err != nil {
-		return err
-	}
-	reg, err := openRegistration(e)
-	if err != nil {
-		return err
-	}
-	defer reg.close()
-	if reg.registrar == nil {
-		fmt.Fprintf(e.stdout, "registration: static secret(s) from RELAY_WEBHOOK_SECRET (%d); the relay registers nothing\n", len(reg.cfg.WebhookSecrets))
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
-	defer cancel()
-	rep, err := reg.registrar.Status(ctx)
-	if err != nil {
-		return fmt.Errorf("status: %w", err)
-	}
-	printReport(e.stdout, rep, reg.cfg)
-	if len(rep.Problems) > 0 {
-		return errUnhealthy
-	}
-	return nil
+	return oneShot("status",
+		"Show the registration as the relay sees it: the stored state and what the Datagrid API says.\nExits 0 when healthy, 1 when not.",
+		func(e env, cfg config.Config) error {
+			fmt.Fprintf(e.stdout, "registration: static secret(s) from RELAY_WEBHOOK_SECRET (%d); the relay registers nothing\n", len(cfg.WebhookSecrets))
+			return nil
+		},
+		func(ctx context.Context, e env, reg *registration) error {
+			rep, err := reg.registrar.Status(ctx)
+			if err != nil {
+				return fmt.Errorf("status: %w", err)
+			}
+			printReport(e.stdout, rep, reg.cfg)
+			if len(rep.Problems) > 0 {
+				return errUnhealthy
+			}
+			return nil
+		})(ctx, e, args)
 }
 
 func printReport(w io.Writer, rep bootstrap.Report, cfg config.Config) {
@@ -126,53 +142,37 @@ func printReport(w io.Writer, rep bootstrap.Report, cfg config.Config) {
 }
 
 func runRotate(ctx context.Context, e env, args []string) error {
-	fs := newFlags("rotate", "Rotate the signing secret: create a new webhook and secret, accept both for\nRELAY_ROTATION_GRACE, then the running relays delete the old webhook. No event is\nlost; an event Datagrid delivers through both webhooks meanwhile is stored once.", true, e.stdout)
-	timeout := timeoutFlag(fs)
-	if help, err := parseFlags(fs, args); help || err != nil {
-		return err
-	}
-	reg, err := openRegistration(e)
-	if err != nil {
-		return err
-	}
-	defer reg.close()
-	if reg.registrar == nil {
-		return errors.New("RELAY_WEBHOOK_SECRET is set: the webhook is managed by hand, rotate it at Datagrid and list both secrets")
-	}
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
-	defer cancel()
-	st, err := reg.registrar.Rotate(ctx)
-	if err != nil {
-		return fmt.Errorf("rotate: %w", err)
-	}
-	fmt.Fprintf(e.stdout, "rotated: new webhook %s; previous webhook %s and its secret accepted until %s, then deleted\n",
-		st.WebhookID, st.Previous.WebhookID, st.Previous.ExpiresAt.Format(time.RFC3339))
-	return nil
+	return oneShot("rotate",
+		"Rotate the signing secret: create a new webhook and secret, accept both for\nRELAY_ROTATION_GRACE, then the running relays delete the old webhook. No event is\nlost; an event Datagrid delivers through both webhooks meanwhile is stored once.",
+		func(env, config.Config) error {
+			return errors.New("RELAY_WEBHOOK_SECRET is set: the webhook is managed by hand, rotate it at Datagrid and list both secrets")
+		},
+		func(ctx context.Context, e env, reg *registration) error {
+			st, err := reg.registrar.Rotate(ctx)
+			if err != nil {
+				return fmt.Errorf("rotate: %w", err)
+			}
+			fmt.Fprintf(e.stdout, "rotated: new webhook %s; previous webhook %s and its secret accepted until %s, then deleted\n",
+				st.WebhookID, st.Previous.WebhookID, st.Previous.ExpiresAt.Format(time.RFC3339))
+			return nil
+		})(ctx, e, args)
 }
 
 func runDeregister(ctx context.Context, e env, args []string) error {
-	fs := newFlags("deregister", "Delete the relay's webhook(s) at Datagrid and the stored registration (used on\nuninstall). Running relays then stop registering until restarted.", true, e.stdout)
-	timeout := timeoutFlag(fs)
-	if help, err := parseFlags(fs, args); help || err != nil {
-		return err
-	}
-	reg, err := openRegistration(e)
-	if err != nil {
-		return err
-	}
-	defer reg.close()
-	if reg.registrar == nil {
-		fmt.Fprintln(e.stdout, "RELAY_WEBHOOK_SECRET is set: nothing was registered, nothing to delete")
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
-	defer cancel()
-	ids, err := reg.registrar.Deregister(ctx)
-	if err != nil {
-		return fmt.Errorf("deregister: %w", err)
-	}
-	fmt.Fprintf(e.stdout, "deregistered: deleted %d webhook(s) %v and the stored registration\n", len(ids), ids)
-	return nil
+	return oneShot("deregister",
+		"Delete the relay's webhook(s) at Datagrid and the stored registration (used on\nuninstall). Running relays then stop registering until restarted.",
+		func(e env, _ config.Config) error {
+			fmt.Fprintln(e.stdout, "RELAY_WEBHOOK_SECRET is set: nothing was registered, nothing to delete")
+			return nil
+		},
+		func(ctx context.Context, e env, reg *registration) error {
+			ids, err := reg.registrar.Deregister(ctx)
+			if err != nil {
+				return fmt.Errorf("deregister: %w", err)
+			}
+			fmt.Fprintf(e.stdout, "deregistered: deleted %d webhook(s) %v and the stored registration\n", len(ids), ids)
+			return nil
+		})(ctx, e, args)
 }
 
 func runTrigger(ctx context.Context, e env, args []string) error {

@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
@@ -49,12 +47,7 @@ func TestSummaryNeverShowsSecrets(t *testing.T) {
 
 func TestStoreCompareAndSet(t *testing.T) {
 	ns := natstest.Start(t, nil)
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	js := natstest.JetStream(t, ns.ClientURL())
 	s := NewStore(js, "test_bucket", 1)
 	ctx := context.Background()
 
@@ -95,12 +88,7 @@ func TestNewerStateLayoutIsRefused(t *testing.T) {
 
 func TestClaims(t *testing.T) {
 	ns := natstest.Start(t, nil)
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	js := natstest.JetStream(t, ns.ClientURL())
 	api, err := datagridtest.Start(datagridtest.Options{APIKey: "k"})
 	if err != nil {
 		t.Fatal(err)

@@ -1,41 +1,23 @@
 package demo
 
 import (
-	"bytes"
 	"context"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/datagrid-relay/relay/internal/relaytest"
 )
-
-// syncBuffer lets the demo write while the test reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func TestDemoRelaysFiveEvents(t *testing.T) {
 	tmp := t.TempDir()
 	t.Setenv("TMPDIR", tmp)
 	defer goleak.VerifyNone(t)
 
-	var stdout, stderr syncBuffer
+	var stdout, stderr relaytest.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	if err := Run(ctx, Options{Events: 5, Rate: 20}, &stdout, &stderr); err != nil {
@@ -79,7 +61,7 @@ func TestDemoRelaysFiveEvents(t *testing.T) {
 
 func TestDemoShowsForgedDeliveriesRefused(t *testing.T) {
 	t.Setenv("TMPDIR", t.TempDir())
-	var stdout, stderr syncBuffer
+	var stdout, stderr relaytest.Buffer
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- Run(ctx, Options{Rate: 50, ForgeSignatures: true}, &stdout, &stderr) }()

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Options returns server options for one JetStream server on a random
@@ -50,4 +52,20 @@ func Start(t testing.TB, opts *server.Options) *server.Server {
 // after a shutdown (Options(dir) with Port set).
 func Port(s *server.Server) int {
 	return s.Addr().(*net.TCPAddr).Port
+}
+
+// JetStream connects to url and returns a JetStream context on it; the
+// connection closes when the test ends.
+func JetStream(t testing.TB, url string) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatalf("connect to nats: %v", err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatalf("jetstream: %v", err)
+	}
+	return js
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sync"
 	"testing"
 	"time"
 
@@ -88,4 +89,25 @@ func WaitStatus(t testing.TB, within time.Duration, url string, status int) Resp
 		return err == nil && r.Status == status
 	})
 	return last
+}
+
+// Buffer is an io.Writer that a relay and a test may use at once, e.g. for
+// the logs of a relay running in the background.
+type Buffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+// Write appends p.
+func (b *Buffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+// String returns everything written so far.
+func (b *Buffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }

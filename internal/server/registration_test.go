@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
@@ -486,10 +485,7 @@ func TestDeregisterLeavesNothing(t *testing.T) {
 		t.Fatalf("the relay registered again after deregister: %d creates, %v", n, g.ours())
 	}
 	// The secrets are gone from the bucket, history included.
-	nc, _ := nats.Connect(g.nats)
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	kv, err := js.KeyValue(context.Background(), "datagrid_relay")
+	kv, err := natstest.JetStream(t, g.nats).KeyValue(context.Background(), "datagrid_relay")
 	if err != nil {
 		t.Fatal(err)
 	}

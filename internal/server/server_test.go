@@ -93,12 +93,7 @@ func (r *relay) stop(t *testing.T) {
 
 func streamMsgIDs(t *testing.T, url string) map[string]int {
 	t.Helper()
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	js := natstest.JetStream(t, url)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	s, err := js.Stream(ctx, "DATAGRID")
@@ -249,12 +244,7 @@ func TestNATSOutage(t *testing.T) {
 
 func TestAdoptsExistingStreamWithoutChangingIt(t *testing.T) {
 	ns := natstest.Start(t, nil)
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	js := natstest.JetStream(t, ns.ClientURL())
 	ctx := context.Background()
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "DATAGRID", Subjects: []string{"datagrid.>"}, MaxMsgs: 1000, Duplicates: time.Minute}); err != nil {
 		t.Fatal(err)
@@ -274,12 +264,7 @@ func TestAdoptsExistingStreamWithoutChangingIt(t *testing.T) {
 
 func TestStreamThatDoesNotCaptureTheSubjectsIsReported(t *testing.T) {
 	ns := natstest.Start(t, nil)
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	js := natstest.JetStream(t, ns.ClientURL())
 	if _, err := js.CreateStream(context.Background(), jetstream.StreamConfig{Name: "DATAGRID", Subjects: []string{"orders.>"}}); err != nil {
 		t.Fatal(err)
 	}
