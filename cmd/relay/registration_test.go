@@ -5,6 +5,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/datagrid-relay/relay/internal/datagrid/datagridtest"
 	"github.com/datagrid-relay/relay/internal/natstest"
@@ -60,14 +61,18 @@ func TestRegistrationCommands(t *testing.T) {
 	expect(2, "is not [a-z0-9_] parts", "trigger", "Batch.*")
 	expect(0, "deregistered: deleted 2 webhook(s)", "deregister")
 	expect(1, "registration: NOT healthy", "status")
-	relaytest.WaitStatus(t, 10e9, r.admin+"/readyz", 503)
+	relaytest.WaitStatus(t, 10*time.Second, r.admin+"/readyz", 503)
+	metrics, err := relaytest.Get(r.admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	secrets := []string{key}
 	for _, wh := range api.Webhooks() {
 		secrets = append(secrets, api.Secret(wh.ID))
 	}
 	for _, s := range append(secrets, "whsec_") {
-		if strings.Contains(printed.String()+r.stderr.String(), s) {
+		if strings.Contains(printed.String()+r.stderr.String()+metrics.Body, s) {
 			t.Errorf("a command or the relay printed a secret (%.10s…)", s)
 		}
 	}

@@ -493,3 +493,20 @@ func TestDeregisterLeavesNothing(t *testing.T) {
 		t.Fatalf("registration history still holds %d entries with values", len(hist))
 	}
 }
+
+func TestDeregisterOnShutdownOnlyWhenAskedTo(t *testing.T) {
+	g := newRegistering(t)
+	r := g.start()
+	relaytest.WaitStatus(t, 10*time.Second, r.admin+"/readyz", 200)
+	r.stop(t)
+	if n := len(g.ours()); n != 1 {
+		t.Fatalf("after an ordinary shutdown: got %d webhooks, want the webhook kept", n)
+	}
+
+	r = g.start("RELAY_DEREGISTER_ON_SHUTDOWN", "true")
+	relaytest.WaitStatus(t, 10*time.Second, r.admin+"/readyz", 200)
+	r.stop(t)
+	if left := g.ours(); len(left) != 0 {
+		t.Fatalf("after a shutdown with RELAY_DEREGISTER_ON_SHUTDOWN=true: webhooks left %v", left)
+	}
+}
