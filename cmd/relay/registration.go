@@ -178,7 +178,7 @@ func runDeregister(ctx context.Context, e env, args []string) error {
 func runTrigger(ctx context.Context, e env, args []string) error {
 	fs := newFlags("trigger EVENT_TYPE", "Send one signed sample delivery of EVENT_TYPE to a running relay, as Datagrid would.\nThe secret is --secret, else RELAY_WEBHOOK_SECRET, else the stored registration's.\nKnown event types: "+strings.Join(event.Known, ", "), false, e.stdout)
 	url := fs.String("url", "", "delivery URL (default: http://127.0.0.1:<port of RELAY_LISTEN_ADDR><path of RELAY_PUBLIC_URL>)")
-	secret := fs.String("secret", "", "signing secret to use")
+	secret := fs.String("secret", "", "signing secret to use (visible to other users in the process list: prefer RELAY_WEBHOOK_SECRET)")
 	id := fs.String("id", "", "event id (default: a new one)")
 	timeout := timeoutFlag(fs)
 	var positional []string
