@@ -3,7 +3,9 @@ package server_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,6 +19,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/datagrid-relay/relay/internal/config"
+	"github.com/datagrid-relay/relay/internal/ingress"
 	"github.com/datagrid-relay/relay/internal/natstest"
 	"github.com/datagrid-relay/relay/internal/relaytest"
 	"github.com/datagrid-relay/relay/internal/server"
@@ -299,5 +302,57 @@ func TestCoreModeNeedsNoStream(t *testing.T) {
 	}
 	if m, err := sub.NextMsg(5 * time.Second); err != nil || m.Subject != "datagrid.batch_prediction.cancelled" {
 		t.Fatalf("got %v %v, want the message on datagrid.batch_prediction.cancelled", m, err)
+	}
+}
+
+// TestShutdownFinishesInFlightDeliveries stops the relay while a delivery
+// is half received: readiness turns false first, the delivery still
+// completes and is stored, then the relay exits cleanly.
+func TestShutdownFinishesInFlightDeliveries(t *testing.T) {
+	ns := natstest.Start(t, nil)
+	r := start(t, ns.ClientURL(), nil, nil)
+	relaytest.WaitStatus(t, 10*time.Second, r.admin+"/readyz", 200)
+
+	body := relaytest.Envelope("evt_in_flight", "batch_prediction.completed")
+	pr, pw := io.Pipe()
+	req, err := http.NewRequest(http.MethodPost, r.delivery, pr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.ContentLength = int64(len(body))
+	req.Header.Set(ingress.SignatureHeader, ingress.Sign([]byte(secret), time.Now().Unix(), body))
+	answered := make(chan int, 1)
+	go func() {
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			answered <- 0
+			return
+		}
+		resp.Body.Close()
+		answered <- resp.StatusCode
+	}()
+	if _, err := pw.Write(body[:10]); err != nil {
+		t.Fatal(err)
+	}
+	relaytest.WaitFor(t, 10*time.Second, "the delivery to be in flight", func() bool {
+		m, _ := relaytest.Get(r.admin + "/metrics")
+		return strings.Contains(m.Body, "datagrid_relay_deliveries_in_flight 1")
+	})
+
+	r.cancel() // SIGTERM
+	ready := relaytest.WaitStatus(t, 10*time.Second, r.admin+"/readyz", 503)
+	if !strings.Contains(ready.Body, "shutting down") {
+		t.Fatalf("readyz during shutdown: got %q, want shutting down", ready.Body)
+	}
+	if _, err := pw.Write(body[10:]); err != nil {
+		t.Fatal(err)
+	}
+	_ = pw.Close()
+	if status := <-answered; status != 200 {
+		t.Fatalf("in-flight delivery: got %d, want 200", status)
+	}
+	r.stop(t)
+	if ids := streamMsgIDs(t, ns.ClientURL()); ids["evt_in_flight"] != 1 {
+		t.Fatalf("in-flight delivery stored %d times, want 1", ids["evt_in_flight"])
 	}
 }
