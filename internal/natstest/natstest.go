@@ -3,7 +3,10 @@
 package natstest
 
 import (
+	"context"
+	"fmt"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -68,4 +71,59 @@ func JetStream(t testing.TB, url string) jetstream.JetStream {
 		t.Fatalf("jetstream: %v", err)
 	}
 	return js
+}
+
+// Cluster is n JetStream servers clustered in-process on loopback.
+type Cluster struct {
+	Servers []*server.Server
+}
+
+// StartCluster runs an n-node JetStream cluster and waits until it can
+// serve JetStream requests; it shuts down when the test ends.
+func StartCluster(t testing.TB, n int) *Cluster {
+	t.Helper()
+	ports := make([]int, n)
+	routes := make([]string, n)
+	for i := range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ports[i] = ln.Addr().(*net.TCPAddr).Port
+		_ = ln.Close()
+		routes[i] = fmt.Sprintf("nats://127.0.0.1:%d", ports[i])
+	}
+	c := &Cluster{}
+	for i := range n {
+		opts := Options(t.TempDir())
+		opts.ServerName = fmt.Sprintf("n%d", i)
+		opts.Cluster = server.ClusterOpts{Name: "relay-test", Host: "127.0.0.1", Port: ports[i]}
+		opts.Routes = server.RoutesFromStr(strings.Join(routes, ","))
+		c.Servers = append(c.Servers, Start(t, opts))
+	}
+	js := JetStream(t, c.URL())
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := js.AccountInfo(ctx)
+		cancel()
+		if err == nil {
+			return c
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("jetstream cluster not ready within 30s: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// URL lists every server's client URL, as NATS_URL takes them.
+func (c *Cluster) URL() string {
+	urls := make([]string, 0, len(c.Servers))
+	for _, s := range c.Servers {
+		if s.Running() {
+			urls = append(urls, s.ClientURL())
+		}
+	}
+	return strings.Join(urls, ",")
 }

@@ -510,3 +510,71 @@ func TestDeregisterOnShutdownOnlyWhenAskedTo(t *testing.T) {
 		t.Fatalf("after a shutdown with RELAY_DEREGISTER_ON_SHUTDOWN=true: webhooks left %v", left)
 	}
 }
+
+// TestThreeNodeCluster runs two registering relays against a three-node
+// JetStream cluster with replicated stream and bucket, then loses a node:
+// one webhook is registered, deliveries go on after the loss (retried while
+// the relay reconnects, as Datagrid would), and every event answered 2xx is
+// stored exactly once.
+func TestThreeNodeCluster(t *testing.T) {
+	cluster := natstest.StartCluster(t, 3)
+	api, err := datagridtest.Start(datagridtest.Options{APIKey: apiKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = api.Close() })
+	g := &registering{t: t, nats: cluster.URL(), api: api, env: map[string]string{
+		"RELAY_WEBHOOK_SECRET":     "",
+		"DATAGRID_API_KEY":         apiKey,
+		"DATAGRID_BASE_URL":        api.URL(),
+		"RELAY_PUBLIC_URL":         publicURL,
+		"RELAY_RECONCILE_INTERVAL": "1s",
+		"RELAY_STREAM_REPLICAS":    "3",
+		"RELAY_PUBLISH_TIMEOUT":    "3s",
+	}}
+	var relays [2]*relay
+	var wg sync.WaitGroup
+	for i := range relays {
+		wg.Go(func() { relays[i] = g.start() })
+	}
+	wg.Wait()
+	for _, r := range relays {
+		relaytest.WaitStatus(t, 30*time.Second, r.admin+"/readyz", 200)
+	}
+	secret := g.api.Secret(g.onlyWebhook())
+
+	js := natstest.JetStream(t, cluster.URL())
+	s, err := js.Stream(context.Background(), "DATAGRID")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := s.CachedInfo().Config.Replicas; n != 3 {
+		t.Fatalf("stream replicas: got %d, want 3", n)
+	}
+
+	// deliverAll sends events from..to through both relays, retrying each
+	// until answered 2xx, like Datagrid.
+	deliverAll := func(from, to int) {
+		for i := from; i < to; i++ {
+			r := relays[i%2]
+			id := fmt.Sprintf("evt_cluster_%d", i)
+			relaytest.WaitFor(t, 30*time.Second, id+" to be accepted", func() bool {
+				return deliver(t, r, secret, id).Status == 200
+			})
+		}
+	}
+	deliverAll(0, 20)
+	cluster.Servers[0].Shutdown()
+	cluster.Servers[0].WaitForShutdown()
+	deliverAll(20, 40)
+
+	ids := streamMsgIDs(t, cluster.URL())
+	for i := range 40 {
+		if id := fmt.Sprintf("evt_cluster_%d", i); ids[id] != 1 {
+			t.Errorf("%s stored %d times, want 1", id, ids[id])
+		}
+	}
+	if len(ids) != 40 {
+		t.Errorf("stream holds %d events, want 40", len(ids))
+	}
+}
