@@ -61,7 +61,7 @@ type Config struct {
 	SubjectPrefix  string        `env:"RELAY_SUBJECT_PREFIX" envDefault:"datagrid" help:"subject = prefix + . + event type"`
 	PublishMode    string        `env:"RELAY_PUBLISH_MODE" envDefault:"jetstream" help:"jetstream (acknowledged, deduplicated) or core (NATS core, no storage)"`
 	Stream         string        `env:"RELAY_STREAM" envDefault:"DATAGRID" help:"JetStream stream capturing <prefix>.>; created if missing, adopted if present"`
-	StreamReplicas int           `env:"RELAY_STREAM_REPLICAS" envDefault:"1" help:"replicas of the stream when the relay creates it (1, 3 or 5)"`
+	StreamReplicas int           `env:"RELAY_STREAM_REPLICAS" envDefault:"1" help:"replicas of the stream and the state bucket when the relay creates them (1, 3 or 5)"`
 	StreamMaxAge   time.Duration `env:"RELAY_STREAM_MAX_AGE" envDefault:"168h" help:"how long the stream keeps messages when the relay creates it (0 keeps them forever)"`
 	DedupeWindow   time.Duration `env:"RELAY_DEDUPE_WINDOW" envDefault:"24h" help:"JetStream duplicate window: a redelivered event id within it is stored once"`
 	StateBucket    string        `env:"RELAY_STATE_BUCKET" envDefault:"datagrid_relay" help:"JetStream key-value bucket holding the registration and secret(s)"`
