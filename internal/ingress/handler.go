@@ -116,7 +116,11 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Retry-After", RetryAfterSeconds)
 		}
 		writeJSON(w, rj.status, map[string]string{"error": rj.reason})
-		h.cfg.Log.Info("delivery refused", append(fields,
+		level := zap.InfoLevel // the sender's problem
+		if rj.status >= 500 {
+			level = zap.WarnLevel // ours: Datagrid will retry, but someone should look
+		}
+		h.cfg.Log.Log(level, "delivery refused", append(fields,
 			zap.Int("status", rj.status), zap.String("reason", rj.reason),
 			zap.String("outcome", string(rj.outcome)), zap.String("remote", r.RemoteAddr))...)
 	}
