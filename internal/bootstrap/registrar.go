@@ -195,21 +195,26 @@ func (r *Registrar) nextReconcile() time.Duration {
 	return d
 }
 
+// onState takes a watched state change.
 func (r *Registrar) onState(st *State, deleted bool) {
-	r.keys.Set(st)
+	r.use(st)
 	if deleted {
 		r.deregistered.Store(true)
 		r.log.Warn("registration deleted while running (relay deregister): not registering again until restart")
 	}
-	if st != nil && st.Registered() {
-		r.metrics.SecretCreated.Set(float64(st.SecretCreatedAt.Unix()))
-		r.metrics.Secrets.Set(float64(len(r.keys.Keys().Secrets)))
-	} else {
-		r.metrics.Secrets.Set(0)
-	}
 	select {
 	case r.changed <- struct{}{}:
 	default:
+	}
+}
+
+// use makes st's secrets the accepted ones, with the metrics that describe
+// them: the one place the keyring changes.
+func (r *Registrar) use(st *State) {
+	r.keys.Set(st)
+	r.metrics.Secrets.Set(float64(len(r.keys.Keys().Secrets)))
+	if st != nil && st.Registered() {
+		r.metrics.SecretCreated.Set(float64(st.SecretCreatedAt.Unix()))
 	}
 }
 
@@ -357,7 +362,7 @@ func (r *Registrar) register(ctx context.Context, rev uint64, why string) (strin
 		_ = r.deleteWebhook(context.WithoutCancel(ctx), wh.ID)
 		return "", fmt.Errorf("store new registration: %w", err)
 	}
-	r.keys.Set(&st)
+	r.use(&st)
 	r.log.Info("webhook registered", zap.String("webhook_id", wh.ID))
 	if _, err := r.removeStrays(ctx, st); err != nil {
 		return "", err

@@ -94,6 +94,11 @@ func Connect(cfg ConnConfig, log *zap.Logger, m *metrics.Metrics) (*Conn, error)
 		// nats.go errors name files and servers, never passwords or tokens.
 		return nil, fmt.Errorf("connect to nats: %w", err)
 	}
+	if nc.IsConnected() {
+		// The connect callback runs asynchronously; the gauge must not lag
+		// behind a connection that readiness already sees.
+		m.NATSConnected.Set(1)
+	}
 	return &Conn{Conn: nc, closed: closed}, nil
 }
 

@@ -155,15 +155,16 @@ func TestFirstStartRegistersOnce(t *testing.T) {
 	if resp := deliver(t, r, g.api.Secret(id), "evt_first"); resp.Status != 200 {
 		t.Fatalf("delivery: got %d %s, want 200", resp.Status, resp.Body)
 	}
-	m, _ := relaytest.Get(r.admin + "/metrics")
 	for _, want := range []string{
 		"datagrid_relay_registration_healthy 1",
 		`datagrid_relay_api_requests_total{operation="create",status_class="2xx"} 1`,
 		"datagrid_relay_signing_secrets 1",
 	} {
-		if !strings.Contains(m.Body, want) {
-			t.Errorf("metrics lack %q", want)
-		}
+		// The reconcile records its outcome just after the secret is in use.
+		relaytest.WaitFor(t, 5*time.Second, "metric "+want, func() bool {
+			m, _ := relaytest.Get(r.admin + "/metrics")
+			return strings.Contains(m.Body, want)
+		})
 	}
 }
 
@@ -358,9 +359,16 @@ func TestUnreachableAPI(t *testing.T) {
 		if resp := deliver(t, r, secret, "evt_meanwhile"); resp.Status != 200 {
 			t.Fatalf("delivery: got %d, want 200", resp.Status)
 		}
+		relaytest.WaitFor(t, 10*time.Second, "a failed reconcile to be counted", func() bool {
+			m, _ := relaytest.Get(r.admin + "/metrics")
+			return !strings.Contains(m.Body, `datagrid_relay_reconciles_total{outcome="failed"} 0`)
+		})
 		m, _ := relaytest.Get(r.admin + "/metrics")
 		if !strings.Contains(m.Body, "datagrid_relay_registration_healthy 0") {
 			t.Error("registration_healthy should be 0 while the API fails")
+		}
+		if resp := deliver(t, r, secret, "evt_still"); resp.Status != 200 {
+			t.Fatalf("delivery after a failed reconcile: got %d, want 200", resp.Status)
 		}
 	})
 }
