@@ -41,13 +41,18 @@ type registering struct {
 
 func newRegistering(t *testing.T) *registering {
 	t.Helper()
-	ns := natstest.Start(t, nil)
+	return newRegisteringOn(t, natstest.Start(t, nil).ClientURL())
+}
+
+// newRegisteringOn is newRegistering against the NATS servers at natsURL.
+func newRegisteringOn(t *testing.T, natsURL string) *registering {
+	t.Helper()
 	api, err := datagridtest.Start(datagridtest.Options{APIKey: apiKey, MaxPageSize: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = api.Close() })
-	return &registering{t: t, nats: ns.ClientURL(), api: api, env: map[string]string{
+	return &registering{t: t, nats: natsURL, api: api, env: map[string]string{
 		"RELAY_WEBHOOK_SECRET":     "",
 		"DATAGRID_API_KEY":         apiKey,
 		"DATAGRID_BASE_URL":        api.URL(),
@@ -58,9 +63,23 @@ func newRegistering(t *testing.T) *registering {
 
 func (g *registering) start(extra ...string) *relay {
 	g.t.Helper()
-	env := maps(g.env, extra...)
-	r := start(g.t, g.nats, env, nil)
-	return r
+	return start(g.t, g.nats, maps(g.env, extra...), nil)
+}
+
+// startTogether starts n relays at the same instant and waits until every
+// one is ready.
+func (g *registering) startTogether(n int, within time.Duration) []*relay {
+	g.t.Helper()
+	relays := make([]*relay, n)
+	var wg sync.WaitGroup
+	for i := range relays {
+		wg.Go(func() { relays[i] = g.start() })
+	}
+	wg.Wait()
+	for _, r := range relays {
+		relaytest.WaitStatus(g.t, within, r.admin+"/readyz", 200)
+	}
+	return relays
 }
 
 func maps(base map[string]string, kv ...string) map[string]string {
@@ -170,15 +189,7 @@ func TestFirstStartRegistersOnce(t *testing.T) {
 
 func TestThreeReplicasStartingTogetherRegisterOneWebhook(t *testing.T) {
 	g := newRegistering(t)
-	relays := make([]*relay, 3)
-	var wg sync.WaitGroup
-	for i := range relays {
-		wg.Go(func() { relays[i] = g.start() })
-	}
-	wg.Wait()
-	for _, r := range relays {
-		relaytest.WaitStatus(t, 15*time.Second, r.admin+"/readyz", 200)
-	}
+	relays := g.startTogether(3, 15*time.Second)
 	if n := g.api.Count("POST", "/v1/webhooks"); n != 1 {
 		t.Fatalf("creates: got %d, want 1", n)
 	}
@@ -526,29 +537,11 @@ func TestDeregisterOnShutdownOnlyWhenAskedTo(t *testing.T) {
 // stored exactly once.
 func TestThreeNodeCluster(t *testing.T) {
 	cluster := natstest.StartCluster(t, 3)
-	api, err := datagridtest.Start(datagridtest.Options{APIKey: apiKey})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = api.Close() })
-	g := &registering{t: t, nats: cluster.URL(), api: api, env: map[string]string{
-		"RELAY_WEBHOOK_SECRET":     "",
-		"DATAGRID_API_KEY":         apiKey,
-		"DATAGRID_BASE_URL":        api.URL(),
-		"RELAY_PUBLIC_URL":         publicURL,
-		"RELAY_RECONCILE_INTERVAL": "1s",
-		"RELAY_STREAM_REPLICAS":    "3",
-		"RELAY_PUBLISH_TIMEOUT":    "3s",
-	}}
-	var relays [2]*relay
-	var wg sync.WaitGroup
-	for i := range relays {
-		wg.Go(func() { relays[i] = g.start() })
-	}
-	wg.Wait()
-	for _, r := range relays {
-		relaytest.WaitStatus(t, 30*time.Second, r.admin+"/readyz", 200)
-	}
+	g := newRegisteringOn(t, cluster.URL())
+	g.env["RELAY_RECONCILE_INTERVAL"] = "1s"
+	g.env["RELAY_STREAM_REPLICAS"] = "3"
+	g.env["RELAY_PUBLISH_TIMEOUT"] = "3s"
+	relays := g.startTogether(2, 30*time.Second)
 	secret := g.api.Secret(g.onlyWebhook())
 
 	js := natstest.JetStream(t, cluster.URL())
