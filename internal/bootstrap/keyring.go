@@ -20,7 +20,6 @@ type keySnapshot struct {
 	withPrevious ingress.Keys // until previousTill
 	current      ingress.Keys // after it
 	previousTill time.Time
-	createdAt    time.Time
 }
 
 // NewKeyring returns an empty keyring reading the clock with now.
@@ -47,7 +46,7 @@ func (k *Keyring) Set(st *State) {
 		return
 	}
 	cur := ingress.Keys{Secrets: [][]byte{[]byte(st.Secret)}, WebhookIDs: []string{st.WebhookID}}
-	s := &keySnapshot{current: cur, withPrevious: cur, createdAt: st.SecretCreatedAt}
+	s := &keySnapshot{current: cur, withPrevious: cur}
 	if p := st.Previous; p != nil && p.Secret != "" {
 		s.withPrevious = ingress.Keys{
 			Secrets:    [][]byte{[]byte(st.Secret), []byte(p.Secret)},
@@ -57,9 +56,6 @@ func (k *Keyring) Set(st *State) {
 	}
 	k.snap.Store(s)
 }
-
-// SecretCreatedAt is when the current secret was created (zero if none).
-func (k *Keyring) SecretCreatedAt() time.Time { return k.snap.Load().createdAt }
 
 // PreviousUntil is when the previous secret stops being accepted (zero when
 // there is none).

@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/datagrid-relay/relay/internal/datagrid"
 	"github.com/datagrid-relay/relay/internal/event"
 )
 
@@ -79,12 +80,6 @@ const (
 	ReconcileRepaired = "repaired" // something was created, re-enabled, restored or replaced
 	ReconcileFailed   = "failed"   // the reconcile could not finish; it is retried
 )
-
-// APIOperations are the Datagrid API calls the relay makes.
-var APIOperations = []string{"create", "retrieve", "update", "list", "delete", "list_active"}
-
-// StatusClasses label API answers; "error" is no answer at all.
-var StatusClasses = []string{"2xx", "4xx", "5xx", "error"}
 
 // New creates the metrics and registers them, with the Go and process
 // collectors and datagrid_relay_build_info, on reg.
@@ -181,10 +176,10 @@ func New(reg prometheus.Registerer, info BuildInfo) *Metrics {
 	for _, o := range []string{ReconcileOK, ReconcileRepaired, ReconcileFailed} {
 		m.Reconciles.WithLabelValues(o)
 	}
-	for _, op := range APIOperations {
+	for _, op := range datagrid.Ops() {
 		m.APIRequestFailures.WithLabelValues(op)
 		m.APIRequestDuration.WithLabelValues(op)
-		for _, c := range StatusClasses {
+		for _, c := range []string{"2xx", "4xx", "5xx", "error"} { // as APIRequest classes them
 			m.APIRequests.WithLabelValues(op, c)
 		}
 	}
