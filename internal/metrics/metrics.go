@@ -31,13 +31,20 @@ const (
 	OutcomeMalformed        Outcome = "malformed"          // 400
 	OutcomeMethodNotAllowed Outcome = "method_not_allowed" // 405
 	OutcomeUnavailable      Outcome = "unavailable"        // 503
+	OutcomeQuarantined      Outcome = "quarantined"        // 2xx, stored on <prefix>._quarantine
+	OutcomeOverloaded       Outcome = "overloaded"         // 503, the in-flight body budget is spent
 )
 
 // Outcomes lists every Outcome, for pre-initialising series and tests.
 var Outcomes = []Outcome{
 	OutcomePublished, OutcomeDuplicate, OutcomeInvalidSignature, OutcomeStaleTimestamp,
 	OutcomeTooLarge, OutcomeMalformed, OutcomeMethodNotAllowed, OutcomeUnavailable,
+	OutcomeQuarantined, OutcomeOverloaded,
 }
+
+// ReadyChecks are the readiness checks, each exported as
+// datagrid_relay_ready_check{check=...}.
+var ReadyChecks = []string{"nats", "stream", "signing_secret"}
 
 // BuildInfo identifies the running binary.
 type BuildInfo struct {
@@ -55,6 +62,11 @@ type Metrics struct {
 	LastPublished    prometheus.Gauge
 	Secrets          prometheus.Gauge
 	UnknownPath      prometheus.Counter
+	InflightBytes    prometheus.Gauge
+	InflightBudget   prometheus.Gauge
+
+	Ready      prometheus.Gauge
+	ReadyCheck *prometheus.GaugeVec
 
 	Publishes       prometheus.Counter
 	PublishFailures prometheus.Counter
@@ -144,6 +156,25 @@ func New(reg prometheus.Registerer, info BuildInfo) *Metrics {
 			Help: "Asynchronous errors reported by the NATS connection.",
 		}),
 	}
+	m.InflightBytes = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: Namespace, Name: "inflight_body_bytes",
+		Help: "Memory reserved right now for delivery bodies being read or published.",
+	})
+	m.InflightBudget = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: Namespace, Name: "inflight_body_budget_bytes",
+		Help: "RELAY_MAX_INFLIGHT_BYTES: the most memory held for delivery bodies at once; past it deliveries get 503 (outcome overloaded).",
+	})
+	m.Ready = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: Namespace, Name: "ready",
+		Help: "1 when /readyz answers 200 (the relay can take deliveries), else 0.",
+	})
+	m.ReadyCheck = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: Namespace, Name: "ready_check",
+		Help: "1 when the readiness check passes, else 0, by check (nats, stream, signing_secret).",
+	}, []string{"check"})
+	for _, c := range ReadyChecks {
+		m.ReadyCheck.WithLabelValues(c)
+	}
 	m.RegistrationHealthy = prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: Namespace, Name: "registration_healthy",
 		Help: "1 when the webhook at Datagrid matches the configuration and its secret is known (always 1 with a static secret), else 0.",
@@ -205,6 +236,7 @@ func New(reg prometheus.Registerer, info BuildInfo) *Metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		buildInfo,
 		m.Deliveries, m.DeliveryDuration, m.InFlight, m.BodyLimit, m.LastPublished, m.Secrets, m.UnknownPath,
+		m.InflightBytes, m.InflightBudget, m.Ready, m.ReadyCheck,
 		m.Publishes, m.PublishFailures, m.PublishDuration,
 		m.NATSConnected, m.NATSDisconnects, m.NATSReconnects, m.NATSErrors,
 		m.RegistrationHealthy, m.Reconciles, m.LastReconcileSuccess, m.SecretCreated,
