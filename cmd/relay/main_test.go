@@ -13,9 +13,9 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"go.uber.org/goleak"
 
-	"github.com/datagrid-relay/relay/internal/ingress"
 	"github.com/datagrid-relay/relay/internal/natstest"
 	"github.com/datagrid-relay/relay/internal/relaytest"
+	"github.com/datagrid-relay/relay/internal/signature"
 )
 
 func freeAddr(t *testing.T) string {
@@ -187,7 +187,7 @@ func TestNoSecretLeaks(t *testing.T) {
 	})
 	now := time.Now().Unix()
 	good := relaytest.Envelope("evt_leak", "batch_prediction.completed")
-	sig := func(body []byte, t int64) string { return ingress.Sign([]byte(webhookSecret), t, body) }
+	sig := func(body []byte, t int64) string { return signature.Sign([]byte(webhookSecret), t, body) }
 	var answers []string
 	send := func(method string, body []byte, signature string) {
 		resp, err := relaytest.Send(method, r.delivery, signature, body)
@@ -196,16 +196,16 @@ func TestNoSecretLeaks(t *testing.T) {
 		}
 		answers = append(answers, fmt.Sprint(resp.Header)+resp.Body)
 	}
-	send(http.MethodPost, good, sig(good, now))                                   // 200
-	send(http.MethodPost, good, sig(good, now))                                   // 200 duplicate
-	send(http.MethodPost, good, "")                                               // 401 missing
-	send(http.MethodPost, good, "t=x")                                            // 401 unparsable
-	send(http.MethodPost, good, sig(append(good, ' '), now))                      // 401 wrong
-	send(http.MethodPost, good, ingress.Sign([]byte("whsec_unknown"), now, good)) // 401 unknown secret
-	send(http.MethodPost, good, sig(good, now-3600))                              // 401 stale
-	send(http.MethodPost, bytes.Repeat([]byte("x"), 4096), sig(good, now))        // 413
-	send(http.MethodPost, []byte(`{"id":1}`), sig([]byte(`{"id":1}`), now))       // 400
-	send(http.MethodGet, nil, "")                                                 // 405
+	send(http.MethodPost, good, sig(good, now))                                     // 200
+	send(http.MethodPost, good, sig(good, now))                                     // 200 duplicate
+	send(http.MethodPost, good, "")                                                 // 401 missing
+	send(http.MethodPost, good, "t=x")                                              // 401 unparsable
+	send(http.MethodPost, good, sig(append(good, ' '), now))                        // 401 wrong
+	send(http.MethodPost, good, signature.Sign([]byte("whsec_unknown"), now, good)) // 401 unknown secret
+	send(http.MethodPost, good, sig(good, now-3600))                                // 401 stale
+	send(http.MethodPost, bytes.Repeat([]byte("x"), 4096), sig(good, now))          // 413
+	send(http.MethodPost, []byte(`{"id":1}`), sig([]byte(`{"id":1}`), now))         // 400
+	send(http.MethodGet, nil, "")                                                   // 405
 	notStored := relaytest.Envelope("evt_leak_2", "batch_prediction.failed")
 	ns.Shutdown()
 	ns.WaitForShutdown()

@@ -17,7 +17,6 @@ import (
 	"github.com/datagrid-relay/relay/internal/event"
 	"github.com/datagrid-relay/relay/internal/logging"
 	"github.com/datagrid-relay/relay/internal/metrics"
-	"github.com/datagrid-relay/relay/internal/publish"
 	"github.com/datagrid-relay/relay/internal/sample"
 	"github.com/datagrid-relay/relay/internal/server"
 )
@@ -25,16 +24,17 @@ import (
 // errUnhealthy makes relay status exit 1.
 var errUnhealthy = errors.New("registration is not healthy")
 
-// registration is what the one-shot commands work with: the registrar on
-// its own NATS connection.
+// registration is what the one-shot commands work with: the relay's own
+// parts (server.Build), on a NATS connection of their own.
 type registration struct {
 	cfg       config.Config
-	registrar *bootstrap.Registrar
+	registrar *bootstrap.Registrar // nil when the webhook is managed by hand
 	close     func()
 }
 
-// openRegistration loads the configuration and connects to NATS. A command
-// in static-secret mode gets a nil registrar.
+// openRegistration loads the configuration and, when the relay registers
+// itself, builds its parts. A command in static-secret mode gets a nil
+// registrar and no connection.
 func openRegistration(e env) (*registration, error) {
 	cfg, err := config.Load(e.getenv)
 	if err != nil {
@@ -47,27 +47,16 @@ func openRegistration(e env) (*registration, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := metrics.New(prometheus.NewRegistry(), buildInfo())
-	nc, err := publish.Connect(connConfig(cfg), log.Named("nats"), m)
+	parts, err := server.Build(cfg, "datagrid-relay-cli/"+version, log, metrics.New(prometheus.NewRegistry(), buildInfo()))
 	if err != nil {
 		return nil, err
 	}
-	reg, err := server.NewRegistrar(cfg, nc.Conn, version, log, m)
-	shutdown := func() {
+	return &registration{cfg: cfg, registrar: parts.Registrar, close: func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		_ = nc.Shutdown(ctx)
+		_ = parts.Conn.Shutdown(ctx)
 		_ = log.Sync()
-	}
-	if err != nil {
-		shutdown()
-		return nil, err
-	}
-	return &registration{cfg: cfg, registrar: reg, close: shutdown}, nil
-}
-
-func connConfig(cfg config.Config) publish.ConnConfig {
-	return server.ConnConfig(cfg, "datagrid-relay-cli "+version)
+	}}, nil
 }
 
 func timeoutFlag(fs *flag.FlagSet) *time.Duration {
@@ -176,7 +165,7 @@ func runDeregister(ctx context.Context, e env, args []string) error {
 }
 
 func runTrigger(ctx context.Context, e env, args []string) error {
-	fs := newFlags("trigger EVENT_TYPE", "Send one signed sample delivery of EVENT_TYPE to a running relay, as Datagrid would.\nThe secret is --secret, else RELAY_WEBHOOK_SECRET, else the stored registration's.\nKnown event types: "+strings.Join(event.Known, ", "), false, e.stdout)
+	fs := newFlags("trigger EVENT_TYPE", "Send one signed sample delivery of EVENT_TYPE to a running relay, as Datagrid would.\nThe secret is --secret, else RELAY_WEBHOOK_SECRET, else the stored registration's.\nKnown event types: "+strings.Join(event.Known(), ", "), false, e.stdout)
 	url := fs.String("url", "", "delivery URL (default: http://127.0.0.1:<port of RELAY_LISTEN_ADDR><path of RELAY_PUBLIC_URL>)")
 	secret := fs.String("secret", "", "signing secret to use (visible to other users in the process list: prefer RELAY_WEBHOOK_SECRET)")
 	id := fs.String("id", "", "event id (default: a new one)")

@@ -7,6 +7,12 @@
 // Every write to it is a compare-and-set: of N replicas starting together
 // one claims the registration and creates the webhook, the others wait for
 // the state and load it; a restart finds the state and creates nothing.
+//
+// Each replica follows the stored state into its keyring three ways: a
+// watch (at once), every reconcile (with the state it loaded), and a sync
+// every few seconds that also notices a deleted bucket or a watch that went
+// quiet. No replica keeps a secret the store no longer names for longer
+// than a sync, except to write it back when the store lost it.
 package bootstrap
 
 import (
@@ -23,6 +29,7 @@ import (
 
 	"github.com/datagrid-relay/relay/internal/datagrid"
 	"github.com/datagrid-relay/relay/internal/metrics"
+	"github.com/datagrid-relay/relay/internal/signature"
 )
 
 // API is the part of Datagrid's webhooks API the registrar uses;
@@ -46,26 +53,47 @@ type Config struct {
 	// ClaimTimeout is how long a registration in progress may take before
 	// another replica takes it over (default 2m).
 	ClaimTimeout time.Duration
+	// SyncInterval is how often the stored state is read into the keyring
+	// besides the watch (default 5s).
+	SyncInterval time.Duration
+	// MaxCreates bounds the webhooks this replica creates within one
+	// ReconcileInterval (default 3), whatever the API answers.
+	MaxCreates int
 }
+
+// Outcome is the outcome label of datagrid_relay_reconciles_total.
+type Outcome string
+
+// Reconcile outcomes.
+const (
+	ReconcileOK       Outcome = "ok"       // the webhook at Datagrid was as wanted
+	ReconcileRepaired Outcome = "repaired" // something was created, re-enabled, restored or replaced
+	ReconcileFailed   Outcome = "failed"   // the reconcile could not finish; it is retried
+)
 
 // Registrar reconciles the registration. It is safe for concurrent use.
 type Registrar struct {
 	api     API
 	store   *Store
-	keys    *Keyring
+	keys    *signature.Rotating
 	cfg     Config
 	log     *zap.Logger
 	metrics *metrics.Metrics
 	now     func() time.Time
+	started time.Time // a deregistration marker older than this is a past uninstall
 
-	// deregistered is set when the state is deleted while the relay runs
-	// (relay deregister during an uninstall): it then stops re-registering
-	// until restarted, so an uninstall leaves nothing behind.
+	// deregistered is set when relay deregister's marker appears while the
+	// relay runs (an uninstall): it then stops registering until restarted,
+	// so an uninstall leaves nothing behind.
 	deregistered atomic.Bool
 	changed      chan struct{} // a state change was watched
+	kick         chan struct{} // the sync found the registration gone
+	watchRev     atomic.Uint64 // the last revision the watch delivered
 
 	mu      sync.Mutex
 	lastErr error
+	known   State // the last registered state applied: restored if the store loses it
+	creates []time.Time
 }
 
 // NewRegistrar returns a Registrar. now defaults to time.Now.
@@ -76,14 +104,23 @@ func NewRegistrar(api API, store *Store, cfg Config, log *zap.Logger, m *metrics
 	if cfg.ClaimTimeout == 0 {
 		cfg.ClaimTimeout = 2 * time.Minute
 	}
+	if cfg.SyncInterval == 0 {
+		cfg.SyncInterval = 5 * time.Second
+	}
+	if cfg.MaxCreates == 0 {
+		cfg.MaxCreates = 3
+	}
+	for _, o := range []Outcome{ReconcileOK, ReconcileRepaired, ReconcileFailed} {
+		m.Reconciles.WithLabelValues(string(o))
+	}
 	return &Registrar{
-		api: api, store: store, keys: NewKeyring(now), cfg: cfg, log: log, metrics: m, now: now,
-		changed: make(chan struct{}, 1), lastErr: errors.New("not registered yet"),
+		api: api, store: store, keys: signature.NewRotating(now), cfg: cfg, log: log, metrics: m, now: now, started: now(),
+		changed: make(chan struct{}, 1), kick: make(chan struct{}, 1), lastErr: errors.New("not registered yet"),
 	}
 }
 
-// Keys is the keyring the delivery handler verifies with.
-func (r *Registrar) Keys() *Keyring { return r.keys }
+// Keyring is the keyring the delivery handler verifies with.
+func (r *Registrar) Keyring() *signature.Rotating { return r.keys }
 
 // Errors of a reconcile.
 var (
@@ -108,54 +145,82 @@ func (e *FatalError) Unwrap() error { return e.Err }
 // before the first successful reconcile returns a *FatalError; afterwards it
 // is logged and counted, and the relay goes on serving with its secret.
 func (r *Registrar) Run(ctx context.Context) error {
-	watchDone := make(chan struct{})
-	defer func() { <-watchDone }()
+	var bg sync.WaitGroup
+	defer bg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel() // runs first: stops the watch before it is waited for
-	go func() { defer close(watchDone); r.watch(ctx) }()
+	defer cancel() // runs first: stops the watch and the sync before they are waited for
+	restartWatch := make(chan struct{}, 1)
+	bg.Go(func() { r.watch(ctx, restartWatch) })
+	bg.Go(func() { r.sync(ctx, restartWatch) })
 
 	started := false
 	retry := time.Second
 	for {
 		outcome, err := r.Reconcile(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
 		r.record(outcome, err)
 		var wait time.Duration
+		wake := false // may a watched change or a kick end the wait early?
 		switch {
 		case err == nil:
 			started, retry = true, time.Second
-			wait = r.nextReconcile()
+			wait, wake = r.nextReconcile(), true
 		case errors.Is(err, errDeregistered):
 			wait = r.cfg.ReconcileInterval
 		case errors.Is(err, errInProgress):
-			wait = 500 * time.Millisecond
+			wait, wake = 500*time.Millisecond, true
 		case !started && datagrid.IsAuth(err):
 			return &FatalError{Err: err}
 		default:
-			r.log.Warn("registration not reconciled, retrying", zap.Error(err), zap.Duration("retry_in", retry))
-			wait, retry = retry, min(retry*2, r.cfg.ReconcileInterval)
+			// Backoff and the API's Retry-After are floors: nothing, not
+			// even our own writes to the state, cuts this wait short.
+			wait = max(retry, r.retryFloor(err))
+			r.log.Warn("registration not reconciled, retrying", zap.Error(err), zap.Duration("retry_in", wait))
+			retry = min(retry*2, r.cfg.ReconcileInterval)
 		}
-		if !r.wait(ctx, wait, err != nil) {
+		if !r.wait(ctx, wait, wake) {
 			return nil
 		}
 	}
 }
 
-// wait sleeps until the next reconcile is due, and reports false when ctx
-// ended instead. A watched state change cuts the wait short after a failed
-// reconcile (the state we waited for may be there), and otherwise only
-// brings it forward to the end of a rotation's grace period.
-func (r *Registrar) wait(ctx context.Context, d time.Duration, failed bool) bool {
+// minReconcileGap is the least time between two reconciles, whatever wakes
+// the loop.
+const minReconcileGap = 250 * time.Millisecond
+
+// wait sleeps for d and reports false when ctx ended instead. With wake, a
+// kick from the sync (the registration is gone) ends it early, and a watched
+// state change brings it forward to the end of a rotation's grace period
+// or, while another replica registers, ends it; never before
+// minReconcileGap.
+func (r *Registrar) wait(ctx context.Context, d time.Duration, wake bool) bool {
+	floor := time.NewTimer(min(d, minReconcileGap))
+	select {
+	case <-ctx.Done():
+		floor.Stop()
+		return false
+	case <-floor.C:
+	}
+	d -= min(d, minReconcileGap)
 	deadline := r.now().Add(d)
 	timer := time.NewTimer(d)
 	defer timer.Stop()
 	for {
+		var changed, kick chan struct{}
+		if wake {
+			changed, kick = r.changed, r.kick
+		}
 		select {
 		case <-ctx.Done():
 			return false
 		case <-timer.C:
 			return true
-		case <-r.changed:
-			if failed {
+		case <-kick:
+			return true
+		case <-changed:
+			if d <= time.Second { // waiting for another replica's registration
 				return true
 			}
 			if until := r.keys.PreviousUntil().Add(10 * time.Millisecond); until.After(r.now()) && until.Before(deadline) {
@@ -167,11 +232,23 @@ func (r *Registrar) wait(ctx context.Context, d time.Duration, failed bool) bool
 }
 
 // watch follows the stored state into the keyring until ctx ends, starting
-// again after NATS trouble.
-func (r *Registrar) watch(ctx context.Context) {
+// again whenever it ends or the sync finds it has gone quiet.
+func (r *Registrar) watch(ctx context.Context, restart <-chan struct{}) {
 	retry := 250 * time.Millisecond
 	for {
-		err := r.store.Watch(ctx, r.onState)
+		wctx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- r.store.Watch(wctx, r.onState) }()
+		var err error
+		select {
+		case err = <-done:
+		case <-restart:
+			cancel()
+			<-done
+			err = errors.New("it fell behind the stored state")
+			retry = 250 * time.Millisecond
+		}
+		cancel()
 		if ctx.Err() != nil {
 			return
 		}
@@ -182,6 +259,52 @@ func (r *Registrar) watch(ctx context.Context) {
 		case <-time.After(retry):
 		}
 		retry = min(retry*2, 10*time.Second)
+	}
+}
+
+// sync reads the stored state into the keyring every SyncInterval, so that
+// neither a quiet watch nor a deleted bucket can leave a replica with a
+// secret the store no longer names. It restarts the watch when the watch
+// missed a revision, and kicks the reconcile when the registration is
+// gone from the store.
+func (r *Registrar) sync(ctx context.Context, restartWatch chan<- struct{}) {
+	behind := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(r.cfg.SyncInterval):
+		}
+		st, rev, err := r.store.Load(ctx)
+		switch {
+		case ctx.Err() != nil:
+			return
+		case errors.Is(err, ErrNoState):
+			// The bucket was deleted or emptied behind our back: keep the
+			// secret we have while the reconcile writes it back.
+			r.metrics.RegistrationHealthy.Set(0)
+			r.signal(r.kick)
+			continue
+		case err != nil:
+			r.log.Warn("registration state unreadable", zap.Error(err))
+			continue
+		}
+		r.apply(&st)
+		if rev != r.watchRev.Load() {
+			if behind++; behind >= 2 { // once may be a race with an update in flight
+				behind = 0
+				r.signal(restartWatch)
+			}
+		} else {
+			behind = 0
+		}
+	}
+}
+
+func (r *Registrar) signal(ch chan<- struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
 	}
 }
 
@@ -196,29 +319,48 @@ func (r *Registrar) nextReconcile() time.Duration {
 }
 
 // onState takes a watched state change.
-func (r *Registrar) onState(st *State, deleted bool) {
-	r.use(st)
-	if deleted {
-		r.deregistered.Store(true)
-		r.log.Warn("registration deleted while running (relay deregister): not registering again until restart")
+func (r *Registrar) onState(st *State, rev uint64) {
+	r.watchRev.Store(rev)
+	if st != nil {
+		r.apply(st)
 	}
-	select {
-	case r.changed <- struct{}{}:
-	default:
-	}
+	r.signal(r.changed)
 }
 
-// use makes st's secrets the accepted ones, with the metrics that describe
-// them: the one place the keyring changes.
-func (r *Registrar) use(st *State) {
-	r.keys.Set(st)
-	r.metrics.Secrets.Set(float64(len(r.keys.Keys().Secrets)))
-	if st != nil && st.Registered() {
+// apply makes st's secrets the accepted ones, with the metrics that describe
+// them: the one place the keyring changes. A claim keeps the secrets it
+// carries; a deregistration marker newer than this process clears them and
+// stops registering.
+func (r *Registrar) apply(st *State) {
+	if m := st.Deregistered; m != nil {
+		if m.At.After(r.started) && !r.deregistered.Swap(true) {
+			r.log.Warn("registration deleted while running (relay deregister): not registering again until restart")
+		}
+		if r.deregistered.Load() {
+			r.keys.Clear()
+		}
+		return
+	}
+	if st.WebhookID == "" || st.Secret == "" {
+		if st.Pending == nil { // a claim without secrets leaves the keyring as it is
+			r.keys.Clear()
+		}
+	} else {
+		var prev signature.Secret
+		var until time.Time
+		if p := st.Previous; p != nil && p.Secret != "" {
+			prev, until = signature.Secret{Key: []byte(p.Secret), WebhookID: p.WebhookID}, p.ExpiresAt
+		}
+		r.keys.Set(signature.Secret{Key: []byte(st.Secret), WebhookID: st.WebhookID}, prev, until)
+		r.mu.Lock()
+		r.known = *st
+		r.known.Pending = nil
+		r.mu.Unlock()
 		r.metrics.SecretCreated.Set(float64(st.SecretCreatedAt.Unix()))
 	}
 }
 
-func (r *Registrar) record(outcome string, err error) {
+func (r *Registrar) record(outcome Outcome, err error) {
 	r.mu.Lock()
 	r.lastErr = err
 	r.mu.Unlock()
@@ -226,21 +368,21 @@ func (r *Registrar) record(outcome string, err error) {
 	case errors.Is(err, errInProgress):
 		return // neither a success nor a failure
 	case err != nil:
-		r.metrics.Reconciles.WithLabelValues(metrics.ReconcileFailed).Inc()
+		r.metrics.Reconciles.WithLabelValues(string(ReconcileFailed)).Inc()
 		r.metrics.RegistrationHealthy.Set(0)
 		return
 	}
-	r.metrics.Reconciles.WithLabelValues(outcome).Inc()
+	r.metrics.Reconciles.WithLabelValues(string(outcome)).Inc()
 	r.metrics.RegistrationHealthy.Set(1)
 	r.metrics.LastReconcileSuccess.SetToCurrentTime()
-	if outcome == metrics.ReconcileRepaired {
+	if outcome == ReconcileRepaired {
 		r.log.Info("registration repaired")
 	}
 }
 
 // Check is the readiness check: nil when a secret is known, else why not.
-func (r *Registrar) Check(context.Context) error {
-	if len(r.keys.Keys().Secrets) > 0 {
+func (r *Registrar) Check() error {
+	if len(r.keys.Accepted()) > 0 {
 		return nil
 	}
 	r.mu.Lock()
@@ -252,29 +394,40 @@ func (r *Registrar) Check(context.Context) error {
 }
 
 // Reconcile makes the registration true once and says whether anything had
-// to change (metrics.ReconcileOK or ReconcileRepaired).
-func (r *Registrar) Reconcile(ctx context.Context) (string, error) {
+// to change.
+func (r *Registrar) Reconcile(ctx context.Context) (Outcome, error) {
 	if r.deregistered.Load() {
 		return "", errDeregistered
 	}
 	st, rev, err := r.store.Load(ctx)
 	switch {
 	case errors.Is(err, ErrNoState):
-		return r.register(ctx, 0, "no registration stored")
+		if restored, ok := r.restore(ctx); ok {
+			st, rev = restored.st, restored.rev
+			break
+		}
+		return r.register(ctx, 0, State{}, "no registration stored")
 	case err != nil:
 		return "", err
+	}
+	r.apply(&st) // every reconcile leaves the keyring as the store says
+	switch {
+	case r.deregistered.Load():
+		return "", errDeregistered
 	case st.Pending != nil && r.now().Sub(st.Pending.At) < r.cfg.ClaimTimeout:
 		return "", errInProgress
 	case st.Pending != nil:
-		return r.register(ctx, rev, "registration by "+st.Pending.By+" never finished")
+		return r.register(ctx, rev, st, "registration by "+st.Pending.By+" never finished")
+	case st.Deregistered != nil:
+		return r.register(ctx, rev, State{}, "deregistered before this relay started")
 	case !st.Registered():
-		return r.register(ctx, rev, "stored registration has no secret")
+		return r.register(ctx, rev, st, "stored registration has no secret")
 	}
 
-	outcome := metrics.ReconcileOK
+	outcome := ReconcileOK
 	wh, err := r.api.Retrieve(ctx, st.WebhookID)
 	if datagrid.IsNotFound(err) {
-		return r.register(ctx, rev, "webhook "+st.WebhookID+" was deleted at Datagrid")
+		return r.register(ctx, rev, st, "webhook "+st.WebhookID+" was deleted at Datagrid")
 	}
 	if err != nil {
 		return "", err
@@ -284,7 +437,7 @@ func (r *Registrar) Reconcile(ctx context.Context) (string, error) {
 			return "", fmt.Errorf("repair webhook %s (%s): %w", wh.ID, what, err)
 		}
 		r.log.Warn("webhook drifted at Datagrid, repaired", zap.String("webhook_id", wh.ID), zap.String("drift", what))
-		outcome = metrics.ReconcileRepaired
+		outcome = ReconcileRepaired
 	}
 	if st.URL != r.cfg.PublicURL || !slices.Equal(st.Events, r.cfg.Events) {
 		next := st
@@ -295,25 +448,49 @@ func (r *Registrar) Reconcile(ctx context.Context) (string, error) {
 		st = next
 	}
 	if p := st.Previous; p != nil && !r.now().Before(p.ExpiresAt) {
+		next := st
+		next.Previous, next.UpdatedAt = nil, r.now()
+		if _, err := r.store.Put(ctx, next, rev); err != nil { // the state first: a conflict deletes nothing
+			return "", err
+		}
 		if err := r.deleteWebhook(ctx, p.WebhookID); err != nil {
 			return "", err
 		}
-		next := st
-		next.Previous, next.UpdatedAt = nil, r.now()
-		if _, err := r.store.Put(ctx, next, rev); err != nil {
-			return "", err
-		}
 		r.log.Info("rotation grace over: previous webhook deleted", zap.String("webhook_id", p.WebhookID))
-		st, outcome = next, metrics.ReconcileRepaired
+		outcome = ReconcileRepaired
 	}
-	removed, err := r.removeStrays(ctx, st)
+	removed, err := r.removeStrays(ctx)
 	if err != nil {
 		return "", err
 	}
 	if removed > 0 {
-		outcome = metrics.ReconcileRepaired
+		outcome = ReconcileRepaired
 	}
 	return outcome, nil
+}
+
+type loaded struct {
+	st  State
+	rev uint64
+}
+
+// restore writes back the last registration this replica applied when the
+// store lost it (its bucket deleted without relay deregister's marker): the
+// webhook and its secret are still good, so nothing has to be created.
+func (r *Registrar) restore(ctx context.Context) (loaded, bool) {
+	r.mu.Lock()
+	known := r.known
+	r.mu.Unlock()
+	if !known.Registered() {
+		return loaded{}, false
+	}
+	known.UpdatedAt = r.now()
+	rev, err := r.store.Put(ctx, known, 0)
+	if err != nil {
+		return loaded{}, false // another replica was first, or NATS is down: register decides
+	}
+	r.log.Warn("registration was missing from the store (bucket deleted?): restored it", zap.String("webhook_id", known.WebhookID))
+	return loaded{known, rev}, true
 }
 
 // drift says how wh differs from what it should be, and the update that
@@ -335,10 +512,54 @@ func (r *Registrar) drift(wh datagrid.Webhook) (datagrid.Update, string) {
 	return u, what
 }
 
+// createBudgetError refuses a create past Config.MaxCreates.
+type createBudgetError struct {
+	n      int
+	window time.Duration
+	until  time.Time
+}
+
+func (e *createBudgetError) Error() string {
+	return fmt.Sprintf("webhook create budget spent: %d creates in the last %s; not creating another before %s",
+		e.n, e.window, e.until.Format(time.RFC3339))
+}
+
+// takeCreate reserves one webhook create within the budget of MaxCreates
+// per ReconcileInterval (a minute at least). Every attempt counts, answered
+// or not: whatever the API does, the relay cannot create webhooks in a loop.
+func (r *Registrar) takeCreate() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	window := max(r.cfg.ReconcileInterval, time.Minute)
+	r.creates = slices.DeleteFunc(r.creates, func(t time.Time) bool { return r.now().Sub(t) >= window })
+	if len(r.creates) >= r.cfg.MaxCreates {
+		return &createBudgetError{n: len(r.creates), window: window, until: r.creates[0].Add(window)}
+	}
+	r.creates = append(r.creates, r.now())
+	return nil
+}
+
+// retryFloor is the least wait before retrying after err: what the API
+// asked for, or until the create budget allows another create.
+func (r *Registrar) retryFloor(err error) time.Duration {
+	var budget *createBudgetError
+	if errors.As(err, &budget) {
+		return budget.until.Sub(r.now())
+	}
+	return datagrid.RetryAfter(err)
+}
+
 // register claims the registration at revision rev (0: none stored),
-// creates a webhook and stores it with its secret.
-func (r *Registrar) register(ctx context.Context, rev uint64, why string) (string, error) {
-	claimRev, err := r.store.Put(ctx, State{Pending: &Claim{By: r.cfg.Instance, At: r.now()}}, rev)
+// creates a webhook and stores it with its secret. The claim keeps the
+// secrets of prev, and a previous secret still in its grace period stays
+// accepted in the new state.
+func (r *Registrar) register(ctx context.Context, rev uint64, prev State, why string) (Outcome, error) {
+	if err := r.takeCreate(); err != nil {
+		return "", err
+	}
+	claim := prev
+	claim.Pending, claim.Deregistered = &Claim{By: r.cfg.Instance, At: r.now()}, nil
+	claimRev, err := r.store.Put(ctx, claim, rev)
 	if errors.Is(err, ErrConflict) {
 		return "", errInProgress
 	}
@@ -348,44 +569,78 @@ func (r *Registrar) register(ctx context.Context, rev uint64, why string) (strin
 	r.log.Info("registering webhook at Datagrid", zap.String("reason", why), zap.String("url", r.cfg.PublicURL), zap.Strings("events", r.cfg.Events))
 	wh, err := r.api.Create(ctx, r.cfg.PublicURL, r.cfg.Events)
 	if err != nil {
+		if wh.ID != "" { // created but unusable (no secret): it must not linger
+			_ = r.deleteWebhook(context.WithoutCancel(ctx), wh.ID)
+		}
 		// Give the claim up, so the next try (ours or another replica's)
 		// need not wait for it to time out.
-		_, _ = r.store.Put(context.WithoutCancel(ctx), State{}, claimRev)
+		claim.Pending = nil
+		_, _ = r.store.Put(context.WithoutCancel(ctx), claim, claimRev)
 		return "", err
 	}
 	st := State{
 		WebhookID: wh.ID, URL: r.cfg.PublicURL, Events: r.cfg.Events,
 		Secret: wh.Secret, SecretCreatedAt: r.now(), UpdatedAt: r.now(),
 	}
+	if p := prev.Previous; p != nil && r.now().Before(p.ExpiresAt) {
+		st.Previous = p
+	}
 	if _, err := r.store.Put(ctx, st, claimRev); err != nil {
 		// Our claim was taken over meanwhile: this webhook is nobody's.
 		_ = r.deleteWebhook(context.WithoutCancel(ctx), wh.ID)
 		return "", fmt.Errorf("store new registration: %w", err)
 	}
-	r.use(&st)
+	r.apply(&st)
 	r.log.Info("webhook registered", zap.String("webhook_id", wh.ID))
-	if _, err := r.removeStrays(ctx, st); err != nil {
+	if _, err := r.removeStrays(ctx); err != nil {
 		return "", err
 	}
-	return metrics.ReconcileRepaired, nil
+	return ReconcileRepaired, nil
 }
 
-// removeStrays deletes every webhook for our URL that the state does not
-// name: its secret is unknown, so its deliveries could never be verified.
-func (r *Registrar) removeStrays(ctx context.Context, st State) (int, error) {
+// names reports whether st names webhook id as its current or previous one.
+func (st State) names(id string) bool {
+	return id == st.WebhookID || (st.Previous != nil && id == st.Previous.WebhookID)
+}
+
+// strays lists the webhooks for our URL that st does not name.
+func (r *Registrar) strays(all []datagrid.Webhook, st State) []string {
+	var ids []string
+	for _, wh := range all {
+		if wh.URL == r.cfg.PublicURL && !st.names(wh.ID) {
+			ids = append(ids, wh.ID)
+		}
+	}
+	return ids
+}
+
+// removeStrays deletes every webhook for our URL whose secret is unknown, so
+// that its deliveries could never be verified. Each is checked against the
+// state as stored right before its delete, not as loaded at the start of
+// the reconcile: a rotation that lands meanwhile names a webhook that must
+// live.
+func (r *Registrar) removeStrays(ctx context.Context) (int, error) {
+	st, _, err := r.store.Load(ctx)
+	if err != nil {
+		return 0, err
+	}
 	all, err := r.api.List(ctx)
 	if err != nil {
 		return 0, err
 	}
 	removed := 0
-	for _, wh := range all {
-		if wh.URL != r.cfg.PublicURL || wh.ID == st.WebhookID || (st.Previous != nil && wh.ID == st.Previous.WebhookID) {
-			continue
-		}
-		if err := r.deleteWebhook(ctx, wh.ID); err != nil {
+	for _, id := range r.strays(all, st) {
+		now, _, err := r.store.Load(ctx)
+		if err != nil {
 			return removed, err
 		}
-		r.log.Warn("deleted a webhook for our URL whose secret is unknown", zap.String("webhook_id", wh.ID))
+		if now.names(id) || now.Pending != nil { // a rotation or a registration moved on: not ours to judge
+			continue
+		}
+		if err := r.deleteWebhook(ctx, id); err != nil {
+			return removed, err
+		}
+		r.log.Warn("deleted a webhook for our URL whose secret is unknown", zap.String("webhook_id", id))
 		removed++
 	}
 	return removed, nil
@@ -420,6 +675,9 @@ func (r *Registrar) Rotate(ctx context.Context) (State, error) {
 	}
 	wh, err := r.api.Create(ctx, r.cfg.PublicURL, r.cfg.Events)
 	if err != nil {
+		if wh.ID != "" {
+			_ = r.deleteWebhook(context.WithoutCancel(ctx), wh.ID)
+		}
 		return State{}, err
 	}
 	next := State{
@@ -435,7 +693,9 @@ func (r *Registrar) Rotate(ctx context.Context) (State, error) {
 }
 
 // Deregister deletes every webhook for our URL at Datagrid, the stored
-// ones first, then the stored state. It returns the ids deleted.
+// ones first, then replaces the stored state with the uninstall marker,
+// which holds no secret and tells running relays to stop registering. It
+// returns the ids deleted.
 func (r *Registrar) Deregister(ctx context.Context) ([]string, error) {
 	st, rev, err := r.store.Load(ctx)
 	if err != nil && !errors.Is(err, ErrNoState) {
@@ -452,20 +712,17 @@ func (r *Registrar) Deregister(ctx context.Context) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, wh := range all {
-		if wh.URL == r.cfg.PublicURL && !slices.Contains(ids, wh.ID) {
-			ids = append(ids, wh.ID)
-		}
+	for _, id := range r.strays(all, st) {
+		ids = append(ids, id)
 	}
 	for _, id := range ids {
 		if err := r.deleteWebhook(ctx, id); err != nil {
 			return nil, err
 		}
 	}
-	if rev != 0 {
-		if err := r.store.Purge(ctx); err != nil {
-			return ids, err
-		}
+	marker := State{Deregistered: &Claim{By: r.cfg.Instance, At: r.now()}, UpdatedAt: r.now()}
+	if _, err := r.store.Put(ctx, marker, rev); err != nil {
+		return ids, fmt.Errorf("store the deregistration marker: %w", err)
 	}
 	return ids, nil
 }
@@ -481,7 +738,6 @@ type Report struct {
 	State   State
 	Stored  bool
 	Webhook *datagrid.Webhook // nil when Datagrid does not know it
-	Strays  []string          // other webhooks for our URL
 	// Problems lists what is wrong; empty means healthy.
 	Problems []string
 }
@@ -518,13 +774,8 @@ func (r *Registrar) Status(ctx context.Context) (Report, error) {
 	if err != nil {
 		return rep, err
 	}
-	for _, w := range all {
-		if w.URL == r.cfg.PublicURL && w.ID != st.WebhookID && (st.Previous == nil || w.ID != st.Previous.WebhookID) {
-			rep.Strays = append(rep.Strays, w.ID)
-		}
-	}
-	if len(rep.Strays) > 0 {
-		rep.Problems = append(rep.Problems, fmt.Sprintf("%d other webhook(s) for our URL with unknown secrets: %v", len(rep.Strays), rep.Strays))
+	if strays := r.strays(all, st); len(strays) > 0 {
+		rep.Problems = append(rep.Problems, fmt.Sprintf("%d other webhook(s) for our URL with unknown secrets: %v", len(strays), strays))
 	}
 	return rep, nil
 }

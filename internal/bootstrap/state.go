@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -34,9 +33,13 @@ type State struct {
 	// until ExpiresAt and deleted at Datagrid after it.
 	Previous  *Previous `json:"previous,omitempty"`
 	UpdatedAt time.Time `json:"updated_at,omitzero"`
+	// Deregistered is the uninstall marker left by relay deregister, with no
+	// secret beside it: relays running when it appears stop registering.
+	Deregistered *Claim `json:"deregistered,omitempty"`
 }
 
-// Claim marks a registration in progress.
+// Claim marks a registration in progress, or a deregistration done: who
+// and when.
 type Claim struct {
 	By string    `json:"by"`
 	At time.Time `json:"at"`
@@ -55,6 +58,8 @@ func (s State) Registered() bool { return s.Pending == nil && s.WebhookID != "" 
 // Summary describes the state without its secrets, for logs and status.
 func (s State) Summary() string {
 	switch {
+	case s.Deregistered != nil:
+		return fmt.Sprintf("deregistered by %s at %s", s.Deregistered.By, s.Deregistered.At.Format(time.RFC3339))
 	case s.Pending != nil:
 		return fmt.Sprintf("registration in progress by %s since %s", s.Pending.By, s.Pending.At.Format(time.RFC3339))
 	case !s.Registered():
@@ -77,16 +82,14 @@ var (
 
 // Store keeps the State in a JetStream key-value bucket. Every write is a
 // compare-and-set on the revision read, so concurrent replicas never
-// overwrite each other. The bucket is opened, and created if missing, on
-// first use, so a relay can start while NATS is still unreachable. It is
-// safe for concurrent use.
+// overwrite each other. The bucket is looked up, and created if missing, by
+// every operation: no handle is cached, so a bucket deleted behind the
+// relay's back is recreated by the next Load instead of failing forever.
+// It is safe for concurrent use.
 type Store struct {
 	js       jetstream.JetStream
 	bucket   string
 	replicas int
-
-	mu     sync.Mutex
-	opened jetstream.KeyValue
 }
 
 // NewStore returns a Store on the bucket; replicas applies when the relay
@@ -95,12 +98,8 @@ func NewStore(js jetstream.JetStream, bucket string, replicas int) *Store {
 	return &Store{js: js, bucket: bucket, replicas: replicas}
 }
 
+// kv looks the bucket up, creating it when it is missing.
 func (s *Store) kv(ctx context.Context) (jetstream.KeyValue, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.opened != nil {
-		return s.opened, nil
-	}
 	kv, err := s.js.KeyValue(ctx, s.bucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		kv, err = s.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
@@ -117,7 +116,6 @@ func (s *Store) kv(ctx context.Context) (jetstream.KeyValue, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open key-value bucket %s: %w", s.bucket, err)
 	}
-	s.opened = kv
 	return kv, nil
 }
 
@@ -168,24 +166,12 @@ func (s *Store) Put(ctx context.Context, st State, rev uint64) (uint64, error) {
 	return next, nil
 }
 
-// Purge removes the state and its history, secrets included. Only relay
-// deregister does this; running relays take it as the sign to stop
-// registering.
-func (s *Store) Purge(ctx context.Context) error {
-	kv, err := s.kv(ctx)
-	if err != nil {
-		return err
-	}
-	if err := kv.Purge(ctx, stateKey); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
-		return fmt.Errorf("purge registration: %w", err)
-	}
-	return nil
-}
-
 // Watch calls fn with every change of the state until ctx ends: first the
-// current state (nil when there is none), then each update. deleted is true
-// for a deletion that happened while watching.
-func (s *Store) Watch(ctx context.Context, fn func(st *State, deleted bool)) error {
+// current state (nil when there is none), then each update, with its
+// revision. It returns when ctx ends (nil) or the watch breaks (an error).
+// A watch can also go quiet for good when its bucket is deleted: the caller
+// compares the revisions it saw with Load's and restarts it.
+func (s *Store) Watch(ctx context.Context, fn func(st *State, rev uint64)) error {
 	kv, err := s.kv(ctx)
 	if err != nil {
 		return err
@@ -202,23 +188,24 @@ func (s *Store) Watch(ctx context.Context, fn func(st *State, deleted bool)) err
 			return nil
 		case e, ok := <-w.Updates():
 			if !ok {
-				return nil
+				return errors.New("watch registration: updates ended")
 			}
 			switch {
 			case e == nil: // the initial values are done
 				if initial {
-					fn(nil, false)
+					fn(nil, 0)
 				}
 				initial = false
 			case e.Operation() != jetstream.KeyValuePut:
-				fn(nil, !initial)
+				initial = false
+				fn(nil, e.Revision())
 			default:
 				initial = false
 				st, err := decode(e.Value())
 				if err != nil {
 					continue // an unreadable state counts as none; reconcile reports it
 				}
-				fn(&st, false)
+				fn(&st, e.Revision())
 			}
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"path"
 	"reflect"
 	"slices"
 	"strconv"
@@ -18,11 +19,22 @@ import (
 
 	"github.com/caarlos0/env/v11"
 
+	"github.com/datagrid-relay/relay/internal/datagrid"
 	"github.com/datagrid-relay/relay/internal/event"
 )
 
 // DefaultPath is where deliveries are served when RELAY_PUBLIC_URL is unset.
 const DefaultPath = "/webhooks/datagrid"
+
+// Publish modes (RELAY_PUBLISH_MODE).
+const (
+	ModeJetStream = "jetstream" // acknowledged and deduplicated: 2xx means stored
+	ModeCore      = "core"      // core NATS: 2xx means the server received it
+)
+
+// MaxBodyBytesLimit is the largest RELAY_MAX_BODY_BYTES: NATS never accepts
+// a payload over 64 MiB.
+const MaxBodyBytesLimit = 64 << 20
 
 // Config is the whole configuration of the relay. The struct tags are the
 // single source for parsing, defaults and `relay serve --help`:
@@ -37,8 +49,9 @@ type Config struct {
 	WebhookSecrets  []string      `env:"RELAY_WEBHOOK_SECRET" secret:"true" help:"comma-separated signing secret(s) of a webhook managed by hand; when set the relay registers nothing"`
 	ListenAddr      string        `env:"RELAY_LISTEN_ADDR" envDefault:":8080" help:"public listener: the delivery path only"`
 	AdminAddr       string        `env:"RELAY_ADMIN_ADDR" envDefault:":9090" help:"private listener: /metrics, /healthz, /readyz"`
-	Tolerance       time.Duration `env:"RELAY_SIGNATURE_TOLERANCE" envDefault:"5m" help:"largest accepted |now - t| of a signature"`
-	MaxBodyBytes    int64         `env:"RELAY_MAX_BODY_BYTES" envDefault:"1048576" help:"largest accepted delivery body; never above the NATS server's max_payload less header room"`
+	Tolerance       time.Duration `env:"RELAY_SIGNATURE_TOLERANCE" envDefault:"5m" help:"largest accepted |now - t| of a signature (1s or more)"`
+	MaxBodyBytes    int64         `env:"RELAY_MAX_BODY_BYTES" envDefault:"1048576" help:"largest accepted delivery body (1024 to 67108864); never above the NATS server's max_payload or the stream's max_msg_size, less header room"`
+	MaxInflight     int64         `env:"RELAY_MAX_INFLIGHT_BYTES" envDefault:"33554432" help:"memory budget for delivery bodies held at once; past it deliveries get 503 with Retry-After (at least RELAY_MAX_BODY_BYTES)"`
 	ReadTimeout     time.Duration `env:"RELAY_READ_TIMEOUT" envDefault:"10s" help:"time allowed to read one delivery, headers and body"`
 	PublishTimeout  time.Duration `env:"RELAY_PUBLISH_TIMEOUT" envDefault:"5s" help:"time allowed for NATS to confirm a message before the delivery is answered 503"`
 	ShutdownTimeout time.Duration `env:"RELAY_SHUTDOWN_TIMEOUT" envDefault:"20s" help:"time allowed on SIGTERM to finish in-flight deliveries and drain NATS"`
@@ -63,7 +76,7 @@ type Config struct {
 	Stream         string        `env:"RELAY_STREAM" envDefault:"DATAGRID" help:"JetStream stream capturing <prefix>.>; created if missing, adopted if present"`
 	StreamReplicas int           `env:"RELAY_STREAM_REPLICAS" envDefault:"1" help:"replicas of the stream and the state bucket when the relay creates them (1, 3 or 5)"`
 	StreamMaxAge   time.Duration `env:"RELAY_STREAM_MAX_AGE" envDefault:"168h" help:"how long the stream keeps messages when the relay creates it (0 keeps them forever)"`
-	DedupeWindow   time.Duration `env:"RELAY_DEDUPE_WINDOW" envDefault:"24h" help:"JetStream duplicate window: a redelivered event id within it is stored once"`
+	DedupeWindow   time.Duration `env:"RELAY_DEDUPE_WINDOW" envDefault:"24h" help:"JetStream duplicate window of a stream the relay creates: a redelivered event id within it is stored once (at least RELAY_SIGNATURE_TOLERANCE)"`
 	StateBucket    string        `env:"RELAY_STATE_BUCKET" envDefault:"datagrid_relay" help:"JetStream key-value bucket holding the registration and secret(s)"`
 
 	LogLevel  string `env:"LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`
@@ -135,6 +148,11 @@ func Load(getenv func(string) string) (Config, error) {
 			problems = append(problems, problem(v.Name, shown(v, environ[v.Name]), allowedFor(pe.Type)))
 		}
 	}
+	// Secrets often come from files with a trailing newline, or as "a, b".
+	for i, sec := range cfg.WebhookSecrets {
+		cfg.WebhookSecrets[i] = strings.TrimSpace(sec)
+	}
+	cfg.APIKey = strings.TrimSpace(cfg.APIKey)
 	problems = append(problems, cfg.validate(environ, unparsed)...)
 	if len(problems) > 0 {
 		return Config{}, &Error{Problems: problems}
@@ -200,17 +218,21 @@ func (c Config) validate(environ map[string]string, unparsed map[string]bool) []
 		p = append(p, problem(name, shown(v, environ[name]), allowed))
 	}
 
-	if u, err := url.Parse(c.BaseURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		bad("DATAGRID_BASE_URL", "want an absolute http(s) URL")
+	if _, err := datagrid.ParseBaseURL(c.BaseURL); err != nil {
+		bad("DATAGRID_BASE_URL", "want an absolute http(s) URL without user info, query or fragment")
 	}
 	if c.PublicURL != "" {
-		if u, err := url.Parse(c.PublicURL); err != nil || u.Scheme != "https" || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
-			bad("RELAY_PUBLIC_URL", "want an absolute https URL without query or fragment, such as https://relay.example.com/webhooks/datagrid")
+		if u, err := url.Parse(c.PublicURL); err != nil || u.Scheme != "https" || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" || u.ForceQuery {
+			bad("RELAY_PUBLIC_URL", "want an absolute https URL without user info, query or fragment, such as https://relay.example.com/webhooks/datagrid")
+		} else if !validPath(u) {
+			bad("RELAY_PUBLIC_URL", "want a clean path of letters, digits and - . _ ~ / only (no escapes, spaces, braces, // or trailing /), such as /webhooks/datagrid")
 		}
 	}
 	if c.Registering() {
 		if c.APIKey == "" {
 			bad("DATAGRID_API_KEY", "required unless RELAY_WEBHOOK_SECRET is set")
+		} else if datagrid.CheckAPIKey(c.APIKey) != nil {
+			bad("DATAGRID_API_KEY", "contains characters not allowed in an HTTP header (a line break or space?)")
 		}
 		if c.PublicURL == "" {
 			bad("RELAY_PUBLIC_URL", "required unless RELAY_WEBHOOK_SECRET is set")
@@ -221,13 +243,13 @@ func (c Config) validate(environ map[string]string, unparsed map[string]bool) []
 	}
 	for _, e := range c.Events {
 		if !event.ValidType(e) {
-			bad("RELAY_EVENTS", "want comma-separated event types made of [a-z0-9_] parts joined by dots, such as "+event.Known[1])
+			bad("RELAY_EVENTS", "want comma-separated event types made of [a-z0-9_] parts joined by dots, such as "+event.Known()[1])
 			break
 		}
 	}
 	for _, s := range c.WebhookSecrets {
-		if strings.TrimSpace(s) == "" {
-			bad("RELAY_WEBHOOK_SECRET", "want comma-separated non-empty secrets")
+		if s == "" {
+			bad("RELAY_WEBHOOK_SECRET", "want comma-separated non-empty secrets (spaces around them are ignored)")
 			break
 		}
 	}
@@ -254,14 +276,22 @@ func (c Config) validate(environ map[string]string, unparsed map[string]bool) []
 			bad(d.name, "want a positive duration such as 30s, 5m or 1h")
 		}
 	}
+	if c.Tolerance > 0 && c.Tolerance < time.Second {
+		bad("RELAY_SIGNATURE_TOLERANCE", "want 1s or more: signatures carry whole seconds")
+	}
+	if c.DedupeWindow > 0 && c.DedupeWindow < c.Tolerance {
+		bad("RELAY_DEDUPE_WINDOW", "must be at least RELAY_SIGNATURE_TOLERANCE, or a replay inside the tolerance is stored twice")
+	}
 	if c.StreamMaxAge < 0 {
 		bad("RELAY_STREAM_MAX_AGE", "want a duration of 0 (keep forever) or more")
 	}
 	if c.StreamMaxAge > 0 && c.DedupeWindow > c.StreamMaxAge {
 		bad("RELAY_DEDUPE_WINDOW", "must not exceed RELAY_STREAM_MAX_AGE")
 	}
-	if c.MaxBodyBytes < 1024 {
-		bad("RELAY_MAX_BODY_BYTES", "want a whole number of bytes, 1024 or more")
+	if c.MaxBodyBytes < 1024 || c.MaxBodyBytes > MaxBodyBytesLimit {
+		bad("RELAY_MAX_BODY_BYTES", fmt.Sprintf("want a whole number of bytes from 1024 to %d", MaxBodyBytesLimit))
+	} else if c.MaxInflight < c.MaxBodyBytes {
+		bad("RELAY_MAX_INFLIGHT_BYTES", "want a whole number of bytes, at least RELAY_MAX_BODY_BYTES")
 	}
 	if len(c.NATSURL) == 0 {
 		bad("NATS_URL", "want at least one URL such as nats://127.0.0.1:4222")
@@ -284,7 +314,7 @@ func (c Config) validate(environ map[string]string, unparsed map[string]bool) []
 	if !event.ValidType(c.SubjectPrefix) {
 		bad("RELAY_SUBJECT_PREFIX", "want [a-z0-9_] parts joined by dots, such as datagrid")
 	}
-	if c.PublishMode != "jetstream" && c.PublishMode != "core" {
+	if c.PublishMode != ModeJetStream && c.PublishMode != ModeCore {
 		bad("RELAY_PUBLISH_MODE", "want jetstream or core")
 	}
 	if !validName(c.Stream) {
@@ -303,6 +333,25 @@ func (c Config) validate(environ map[string]string, unparsed map[string]bool) []
 		bad("LOG_FORMAT", "want json or console")
 	}
 	return p
+}
+
+// validPath accepts a delivery path that is matched exactly, byte for byte:
+// absolute, clean, and made only of unreserved characters.
+func validPath(u *url.URL) bool {
+	p := u.EscapedPath()
+	if p == "" {
+		return true // the root
+	}
+	if p != u.Path || p[0] != '/' || (p != "/" && path.Clean(p) != p) {
+		return false
+	}
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("-._~/", c) >= 0) {
+			return false
+		}
+	}
+	return true
 }
 
 func countSet(values ...string) int {

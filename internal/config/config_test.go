@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -103,7 +104,20 @@ func TestLoadBadValues(t *testing.T) {
 		{"RELAY_SIGNATURE_TOLERANCE", "five", `RELAY_SIGNATURE_TOLERANCE="five": want a duration such as 30s, 5m or 1h`},
 		{"RELAY_SIGNATURE_TOLERANCE", "-1m", `RELAY_SIGNATURE_TOLERANCE="-1m": want a positive duration such as 30s, 5m or 1h`},
 		{"RELAY_MAX_BODY_BYTES", "1MB", `RELAY_MAX_BODY_BYTES="1MB": want a whole number`},
-		{"RELAY_MAX_BODY_BYTES", "100", `RELAY_MAX_BODY_BYTES="100": want a whole number of bytes, 1024 or more`},
+		{"RELAY_MAX_BODY_BYTES", "100", `RELAY_MAX_BODY_BYTES="100": want a whole number of bytes from 1024 to 67108864`},
+		{"RELAY_MAX_BODY_BYTES", "9223372036854775807", `RELAY_MAX_BODY_BYTES="9223372036854775807": want a whole number of bytes from 1024 to 67108864`},
+		{"RELAY_MAX_INFLIGHT_BYTES", "2048", `RELAY_MAX_INFLIGHT_BYTES="2048": want a whole number of bytes, at least RELAY_MAX_BODY_BYTES`},
+		{"RELAY_SIGNATURE_TOLERANCE", "500ms", `RELAY_SIGNATURE_TOLERANCE="500ms": want 1s or more: signatures carry whole seconds`},
+		{"RELAY_DEDUPE_WINDOW", "1m", `RELAY_DEDUPE_WINDOW="1m": must be at least RELAY_SIGNATURE_TOLERANCE, or a replay inside the tolerance is stored twice`},
+		{"RELAY_PUBLIC_URL", "https://relay.example.com/a{", pathProblem("https://relay.example.com/a{")},
+		{"RELAY_PUBLIC_URL", "https://relay.example.com/a%7B", pathProblem("https://relay.example.com/a%7B")},
+		{"RELAY_PUBLIC_URL", "https://relay.example.com/a b", pathProblem("https://relay.example.com/a b")},
+		{"RELAY_PUBLIC_URL", "https://relay.example.com/hooks/{id}", pathProblem("https://relay.example.com/hooks/{id}")},
+		{"RELAY_PUBLIC_URL", "https://relay.example.com/hooks/", pathProblem("https://relay.example.com/hooks/")},
+		{"RELAY_PUBLIC_URL", "https://relay.example.com//hooks", pathProblem("https://relay.example.com//hooks")},
+		{"RELAY_PUBLIC_URL", "https://relay.example.com/a/../b", pathProblem("https://relay.example.com/a/../b")},
+		{"RELAY_PUBLIC_URL", "https://user:pw@relay.example.com/hooks", `RELAY_PUBLIC_URL="https://user:pw@relay.example.com/hooks": want an absolute https URL without user info, query or fragment, such as https://relay.example.com/webhooks/datagrid`},
+		{"DATAGRID_BASE_URL", "https://user:pw@api.datagrid.com/v1", `DATAGRID_BASE_URL="https://user:pw@api.datagrid.com/v1": want an absolute http(s) URL without user info, query or fragment`},
 		{"RELAY_PUBLISH_MODE", "kafka", `RELAY_PUBLISH_MODE="kafka": want jetstream or core`},
 		{"RELAY_STREAM_REPLICAS", "2", `RELAY_STREAM_REPLICAS="2": want 1, 3 or 5`},
 		{"RELAY_STREAM_REPLICAS", "three", `RELAY_STREAM_REPLICAS="three": want a whole number`},
@@ -113,9 +127,9 @@ func TestLoadBadValues(t *testing.T) {
 		{"RELAY_EVENTS", "batch_prediction.*", `RELAY_EVENTS="batch_prediction.*": want comma-separated event types made of [a-z0-9_] parts joined by dots, such as batch_prediction.completed`},
 		{"RELAY_LISTEN_ADDR", "8080", `RELAY_LISTEN_ADDR="8080": want host:port or :port, such as :8080`},
 		{"RELAY_ADMIN_ADDR", "localhost:http", `RELAY_ADMIN_ADDR="localhost:http": want host:port or :port, such as :8080`},
-		{"RELAY_PUBLIC_URL", "http://relay.example.com/hook", `RELAY_PUBLIC_URL="http://relay.example.com/hook": want an absolute https URL without query or fragment, such as https://relay.example.com/webhooks/datagrid`},
-		{"RELAY_PUBLIC_URL", "https://relay.example.com/hook?x=1", `RELAY_PUBLIC_URL="https://relay.example.com/hook?x=1": want an absolute https URL without query or fragment, such as https://relay.example.com/webhooks/datagrid`},
-		{"DATAGRID_BASE_URL", "api.datagrid.com", `DATAGRID_BASE_URL="api.datagrid.com": want an absolute http(s) URL`},
+		{"RELAY_PUBLIC_URL", "http://relay.example.com/hook", `RELAY_PUBLIC_URL="http://relay.example.com/hook": want an absolute https URL without user info, query or fragment, such as https://relay.example.com/webhooks/datagrid`},
+		{"RELAY_PUBLIC_URL", "https://relay.example.com/hook?x=1", `RELAY_PUBLIC_URL="https://relay.example.com/hook?x=1": want an absolute https URL without user info, query or fragment, such as https://relay.example.com/webhooks/datagrid`},
+		{"DATAGRID_BASE_URL", "api.datagrid.com", `DATAGRID_BASE_URL="api.datagrid.com": want an absolute http(s) URL without user info, query or fragment`},
 		{"NATS_URL", "://nowhere", `NATS_URL="://nowhere": want comma-separated URLs such as nats://127.0.0.1:4222`},
 		{"NATS_TLS_CERT", "/tls/cert.pem", `NATS_TLS_CERT="/tls/cert.pem": NATS_TLS_CERT and NATS_TLS_KEY go together`},
 		{"NATS_USER", "relay", `NATS_USER="relay": NATS_USER and NATS_PASSWORD go together`},
@@ -152,7 +166,7 @@ func TestSecretValuesAreNeverShown(t *testing.T) {
 		t.Fatalf("error shows a secret: %v", err)
 	}
 	assertProblems(t, err, []string{
-		`RELAY_WEBHOOK_SECRET=(hidden): want comma-separated non-empty secrets`,
+		`RELAY_WEBHOOK_SECRET=(hidden): want comma-separated non-empty secrets (spaces around them are ignored)`,
 		`NATS_CREDS="": set at most one of NATS_CREDS, NATS_NKEY_SEED_FILE, NATS_USER/NATS_PASSWORD and NATS_TOKEN`,
 		`NATS_USER="": NATS_USER and NATS_PASSWORD go together`,
 	})
@@ -177,4 +191,27 @@ func assertProblems(t *testing.T, err error, want []string) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("got problems\n  %s\nwant\n  %s", strings.Join(got, "\n  "), strings.Join(want, "\n  "))
 	}
+}
+
+func pathProblem(url string) string {
+	return "RELAY_PUBLIC_URL=" + strconv.Quote(url) + ": want a clean path of letters, digits and - . _ ~ / only (no escapes, spaces, braces, // or trailing /), such as /webhooks/datagrid"
+}
+
+func TestSecretsAreTrimmed(t *testing.T) {
+	cfg, err := Load(static("RELAY_WEBHOOK_SECRET", "whsec_x, whsec_y\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(cfg.WebhookSecrets, []string{"whsec_x", "whsec_y"}) {
+		t.Fatalf("got %q, want the secrets without the spaces and the newline", cfg.WebhookSecrets)
+	}
+	_, err = Load(static("RELAY_WEBHOOK_SECRET", "whsec_x, "))
+	assertProblems(t, err, []string{`RELAY_WEBHOOK_SECRET=(hidden): want comma-separated non-empty secrets (spaces around them are ignored)`})
+}
+
+func TestAPIKeyWithALineBreakIsAConfigurationError(t *testing.T) {
+	_, err := Load(func(k string) string {
+		return map[string]string{"DATAGRID_API_KEY": "dg_key\ninjected: x", "RELAY_PUBLIC_URL": "https://relay.example.com/h"}[k]
+	})
+	assertProblems(t, err, []string{`DATAGRID_API_KEY=(hidden): contains characters not allowed in an HTTP header (a line break or space?)`})
 }

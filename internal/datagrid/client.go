@@ -68,16 +68,12 @@ type Client struct {
 // New checks cfg and returns a Client. It reports every problem at once.
 func New(cfg Config) (*Client, error) {
 	var problems []error
-	base, err := parseBaseURL(cfg.BaseURL)
+	base, err := ParseBaseURL(cfg.BaseURL)
 	if err != nil {
 		problems = append(problems, err)
 	}
-	switch {
-	case cfg.APIKey == "":
-		problems = append(problems, errors.New("api key is empty"))
-	case !validHeaderValue(cfg.APIKey):
-		// Never quote the key, not even a bad one.
-		problems = append(problems, errors.New("api key contains characters not allowed in an HTTP header"))
+	if err := CheckAPIKey(cfg.APIKey); err != nil {
+		problems = append(problems, err)
 	}
 	if cfg.MaxRetries < 0 {
 		problems = append(problems, fmt.Errorf("max retries %d is negative (set NoRetries for none)", cfg.MaxRetries))
@@ -124,9 +120,10 @@ func New(cfg Config) (*Client, error) {
 	return c, nil
 }
 
-// parseBaseURL checks a base URL and returns it without a trailing slash, so
-// that appending an API path gives exactly one.
-func parseBaseURL(raw string) (string, error) {
+// ParseBaseURL checks a base URL and returns it without a trailing slash, so
+// that appending an API path gives exactly one. Configuration applies the
+// same rule, so a bad DATAGRID_BASE_URL is a configuration error.
+func ParseBaseURL(raw string) (string, error) {
 	if raw == "" {
 		return "", fmt.Errorf("base url is empty (Datagrid's is %s)", DefaultBaseURL)
 	}
@@ -147,6 +144,18 @@ func parseBaseURL(raw string) (string, error) {
 	return strings.TrimRight(u.String(), "/"), nil
 }
 
+// CheckAPIKey refuses a key that cannot be sent as a Bearer token. The error
+// never quotes the key.
+func CheckAPIKey(key string) error {
+	switch {
+	case key == "":
+		return errors.New("api key is empty")
+	case !validHeaderValue(key):
+		return errors.New("api key contains characters not allowed in an HTTP header (a line break or space?)")
+	}
+	return nil
+}
+
 // validHeaderValue reports whether s can be sent in a header as is.
 func validHeaderValue(s string) bool {
 	for i := 0; i < len(s); i++ {
@@ -164,8 +173,15 @@ func validHeaderValue(s string) bool {
 // webhook behind; callers reconcile by URL.
 func (c *Client) Create(ctx context.Context, webhookURL string, events []string) (Webhook, error) {
 	var w Webhook
-	err := c.do(ctx, OpCreate, http.MethodPost, pathWebhooks, nil, createRequest{URL: webhookURL, Events: events}, &w)
-	return w, err
+	if err := c.do(ctx, OpCreate, http.MethodPost, pathWebhooks, nil, createRequest{URL: webhookURL, Events: events}, &w); err != nil {
+		return Webhook{}, err
+	}
+	if w.ID == "" || w.Secret == "" {
+		// Without an id the webhook cannot be managed, without a secret its
+		// deliveries cannot be verified: not a success, whatever the status.
+		return w, &IncompleteError{Op: OpCreate, HasID: w.ID != "", HasSecret: w.Secret != ""}
+	}
+	return w, nil
 }
 
 // Retrieve returns the webhook with the given id.
@@ -238,19 +254,6 @@ func (c *Client) List(ctx context.Context) ([]Webhook, error) {
 		seen[p.NextCursor] = true
 		cursor = p.NextCursor
 	}
-}
-
-// ListActive returns the enabled webhooks subscribed to eventType.
-func (c *Client) ListActive(ctx context.Context, eventType string) ([]Webhook, error) {
-	q := url.Values{paramEventType: {eventType}}
-	var l activeList
-	if err := c.do(ctx, OpListActive, http.MethodGet, pathActiveWebhooks, q, nil, &l); err != nil {
-		return nil, err
-	}
-	if l.Data == nil {
-		l.Data = []Webhook{}
-	}
-	return l.Data, nil
 }
 
 // webhookPath is the path of one webhook. An empty id would address the
@@ -347,6 +350,9 @@ func (c *Client) attempt(ctx context.Context, op, method, target string, body []
 	}
 
 	apiErr := newAPIError(op, resp.StatusCode, data, c.redact)
+	if d, ok := c.serverDelay(resp.Header); ok && d > 0 {
+		apiErr.RetryAfter = min(d, maxServerRetryDelay)
+	}
 	c.observe(op, resp.StatusCode, time.Since(start), apiErr)
 	return shouldRetry(resp), c.retryDelay(resp.Header, retries), apiErr
 }

@@ -217,18 +217,6 @@ func TestRoundTrip(t *testing.T) {
 		t.Errorf("update request: got %s body %v, want PATCH without url", last.Method, last.Body)
 	}
 
-	active, err := c.ListActive(ctx, "knowledge.processing.completed")
-	if err != nil || len(active) != 0 {
-		t.Fatalf("ListActive of a disabled webhook: got (%v, %v), want ([], nil)", active, err)
-	}
-	if _, err := c.Update(ctx, created.ID, datagrid.Update{Enabled: ptr(true), URL: ptr(relayURL + "/v2")}); err != nil {
-		t.Fatalf("Update: %v", err)
-	}
-	active, err = c.ListActive(ctx, "knowledge.processing.completed")
-	if err != nil || len(active) != 1 || active[0].ID != created.ID || active[0].URL != relayURL+"/v2" {
-		t.Fatalf("ListActive: got (%+v, %v), want the one webhook with the new url", active, err)
-	}
-
 	if err := c.Delete(ctx, created.ID); err != nil {
 		t.Fatalf("Delete: %v", err)
 	}
@@ -839,10 +827,6 @@ func TestValidationErrors(t *testing.T) {
 			_, err := c.Update(ctx, id, datagrid.Update{Events: []string{"nope"}})
 			return err
 		}, `unknown event type "nope"`},
-		{"list active of an unknown event", func(ctx context.Context, c *datagrid.Client, _ string) error {
-			_, err := c.ListActive(ctx, "nope")
-			return err
-		}, `unknown event type "nope"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -962,9 +946,6 @@ func TestObserve(t *testing.T) {
 	if _, err := c.List(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.ListActive(ctx, "batch_prediction.completed"); err != nil {
-		t.Fatal(err)
-	}
 	if err := c.Delete(ctx, w.ID); err != nil {
 		t.Fatal(err)
 	}
@@ -975,7 +956,6 @@ func TestObserve(t *testing.T) {
 		{datagrid.OpRetrieve, 200, false},
 		{datagrid.OpUpdate, 200, false},
 		{datagrid.OpList, 200, false},
-		{datagrid.OpListActive, 200, false},
 		{datagrid.OpDelete, 204, false},
 	}
 	mu.Lock()
@@ -989,8 +969,8 @@ func TestObserve(t *testing.T) {
 			t.Errorf("Ops() = %v, want it to contain %q", ops, w.op)
 		}
 	}
-	if len(ops) != 6 {
-		t.Errorf("got %d ops, want 6", len(ops))
+	if len(ops) != 5 {
+		t.Errorf("got %d ops, want 5", len(ops))
 	}
 }
 
@@ -1012,8 +992,8 @@ func TestAPIErrorMessage(t *testing.T) {
 		},
 		{
 			"no detail",
-			&datagrid.APIError{Status: 404, Title: "Not Found", Op: datagrid.OpListActive},
-			"datagrid list active webhooks: 404 Not Found",
+			&datagrid.APIError{Status: 404, Title: "Not Found", Op: datagrid.OpRetrieve},
+			"datagrid retrieve webhook: 404 Not Found",
 		},
 		{
 			"unknown status",

@@ -22,13 +22,11 @@ const (
 
 	// Paths relative to the base URL; a webhook's own path is
 	// pathWebhooks + "/" + its escaped id.
-	pathWebhooks       = "/webhooks"
-	pathActiveWebhooks = "/webhooks/active"
+	pathWebhooks = "/webhooks"
 
 	// Query parameters.
-	paramLimit     = "limit"
-	paramCursor    = "cursor"
-	paramEventType = "event_type"
+	paramLimit  = "limit"
+	paramCursor = "cursor"
 
 	// Request headers.
 	headerAuthorization = "Authorization"
@@ -87,17 +85,16 @@ func retryableStatus(status int) bool {
 // Operation names passed to Config.Observe and stored in APIError.Op. They
 // are a small fixed set so they can be used as metric labels.
 const (
-	OpCreate     = "create"
-	OpRetrieve   = "retrieve"
-	OpUpdate     = "update"
-	OpList       = "list"
-	OpDelete     = "delete"
-	OpListActive = "list_active"
+	OpCreate   = "create"
+	OpRetrieve = "retrieve"
+	OpUpdate   = "update"
+	OpList     = "list"
+	OpDelete   = "delete"
 )
 
 // Ops returns every operation name, for pre-initialising metric series.
 func Ops() []string {
-	return []string{OpCreate, OpRetrieve, OpUpdate, OpList, OpDelete, OpListActive}
+	return []string{OpCreate, OpRetrieve, OpUpdate, OpList, OpDelete}
 }
 
 // describe turns an operation name into the words used in error messages.
@@ -113,8 +110,6 @@ func describe(op string) string {
 		return "list webhooks"
 	case OpDelete:
 		return "delete webhook"
-	case OpListActive:
-		return "list active webhooks"
 	}
 	return op
 }
@@ -146,12 +141,6 @@ type Update struct {
 type Page struct {
 	Data       []Webhook `json:"data"`
 	NextCursor string    `json:"next_cursor"`
-}
-
-// activeList is the answer of the active-webhooks call.
-type activeList struct {
-	Object string    `json:"object"`
-	Data   []Webhook `json:"data"`
 }
 
 // createRequest is the body of a create call.

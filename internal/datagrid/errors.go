@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // APIError is an answer from Datagrid that is not a success, read from its
@@ -18,6 +19,37 @@ type APIError struct {
 	Title, Type, Detail string
 	// Op is the operation that failed, one of the Op constants.
 	Op string
+	// RetryAfter is the server's Retry-After (or retry-after-ms), capped at
+	// a minute; 0 when it gave none.
+	RetryAfter time.Duration
+}
+
+// RetryAfter is the delay the API asked for in err (0 when none): a caller
+// that retries later must wait at least this long.
+func RetryAfter(err error) time.Duration {
+	var e *APIError
+	if errors.As(err, &e) {
+		return e.RetryAfter
+	}
+	return 0
+}
+
+// IncompleteError is a 2xx answer that lacks what makes it usable: a
+// create answer without the webhook's id or its secret.
+type IncompleteError struct {
+	Op               string
+	HasID, HasSecret bool
+}
+
+func (e *IncompleteError) Error() string {
+	var missing []string
+	if !e.HasID {
+		missing = append(missing, "id")
+	}
+	if !e.HasSecret {
+		missing = append(missing, "secret")
+	}
+	return "datagrid " + describe(e.Op) + ": the API answered success without " + strings.Join(missing, " and ")
 }
 
 // Error reads like "datagrid create webhook: 401 Unauthorized: invalid API key".

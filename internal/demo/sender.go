@@ -55,7 +55,8 @@ func (s *sender) run(ctx context.Context) {
 			d, last, again = *last, nil, true
 		default:
 			seq++
-			eventType := event.Known[(seq-1)%len(event.Known)]
+			known := event.Known()
+			eventType := known[(seq-1)%len(known)]
 			id := fmt.Sprintf("evt_demo_%04d", seq)
 			d = delivery{id: id, body: sample.Delivery(eventType, id, seq, time.Now())}
 		}

@@ -4,10 +4,12 @@ package event
 
 import "slices"
 
-// Known are the event types Datagrid delivers today. A delivery of another
-// type is still relayed; this list only sets the default subscription and
-// bounds metric labels.
-var Known = []string{
+// Known returns the event types Datagrid delivers today. A delivery of
+// another type is still relayed; this list only sets the default
+// subscription and bounds metric labels.
+func Known() []string { return slices.Clone(known[:]) }
+
+var known = [...]string{
 	"knowledge.processing.completed",
 	"batch_prediction.completed",
 	"batch_prediction.failed",
@@ -25,7 +27,7 @@ const (
 
 // Labels are every value Label can return, for pre-initialising series.
 func Labels() []string {
-	return append(slices.Clone(Known), LabelOther, LabelUnknown)
+	return append(Known(), LabelOther, LabelUnknown)
 }
 
 // Label maps an event type to a bounded metric label value: the type itself
@@ -34,7 +36,7 @@ func Label(eventType string) string {
 	switch {
 	case eventType == "":
 		return LabelUnknown
-	case slices.Contains(Known, eventType):
+	case slices.Contains(known[:], eventType):
 		return eventType
 	default:
 		return LabelOther
@@ -45,9 +47,11 @@ func Label(eventType string) string {
 const MaxTypeLen = 128
 
 // ValidType reports whether s is safe as NATS subject tokens: one or more
-// [a-z0-9_]+ parts joined by single dots, at most MaxTypeLen bytes.
+// [a-z0-9_]+ parts joined by single dots, the first not starting with '_'
+// (that space is the relay's own, e.g. _quarantine), at most MaxTypeLen
+// bytes.
 func ValidType(s string) bool {
-	if s == "" || len(s) > MaxTypeLen {
+	if s == "" || len(s) > MaxTypeLen || s[0] == '_' {
 		return false
 	}
 	prevDot := true

@@ -42,7 +42,7 @@ func TestLabelIsBounded(t *testing.T) {
 			t.Errorf("Label(%q): got %q, want %q", in, got, want)
 		}
 	}
-	if got := len(Labels()); got != len(Known)+2 {
-		t.Fatalf("Labels: got %d values, want %d", got, len(Known)+2)
+	if got := len(Labels()); got != len(Known())+2 {
+		t.Fatalf("Labels: got %d values, want %d", got, len(Known())+2)
 	}
 }

@@ -8,7 +8,7 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/datagrid-relay/relay/internal/ingress"
+	"github.com/datagrid-relay/relay/internal/signature"
 )
 
 // BenchmarkHandler is the whole delivery path, verification to JetStream
@@ -44,14 +44,14 @@ func benchDeliveries(f *fixture, n int) ([][]byte, []string) {
 	bodies, sigs := make([][]byte, n), make([]string, n)
 	for i := range n {
 		bodies[i] = fmt.Appendf(nil, `{"id":"evt_bench_%d","event_type":"batch_prediction.completed","timestamp":1775847600,"data":{"object":"batch_prediction","id":"bpred_%d","status":"completed","metadata":{"note":"%s"}}}`, i, i, pad)
-		sigs[i] = ingress.Sign([]byte(testSecret), f.now.Unix(), bodies[i])
+		sigs[i] = signature.Sign([]byte(testSecret), f.now.Unix(), bodies[i])
 	}
 	return bodies, sigs
 }
 
 func serveOnce(b *testing.B, h http.Handler, body []byte, sig string) {
 	req := httptest.NewRequest(http.MethodPost, testPath, bytes.NewReader(body))
-	req.Header.Set(ingress.SignatureHeader, sig)
+	req.Header.Set(signature.Header, sig)
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, req)
 	if rec.Code != http.StatusOK {

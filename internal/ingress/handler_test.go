@@ -3,6 +3,8 @@ package ingress_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -25,6 +27,7 @@ import (
 	"github.com/datagrid-relay/relay/internal/metrics"
 	"github.com/datagrid-relay/relay/internal/natstest"
 	"github.com/datagrid-relay/relay/internal/publish"
+	"github.com/datagrid-relay/relay/internal/signature"
 )
 
 const (
@@ -47,13 +50,15 @@ type fixture struct {
 }
 
 type fixtureOpts struct {
-	keys       ingress.Keyring
-	natsOpts   *server.Options
-	maxBody    int64
-	mode       string
-	noStream   bool
-	webhookID  string
-	pubTimeout time.Duration
+	keys        signature.Keyring
+	natsOpts    *server.Options
+	maxBody     int64
+	maxInflight int64
+	core        bool
+	noStream    bool // no stream is ensured: publishes find none
+	stream      *jetstream.StreamConfig
+	webhookID   string
+	pubTimeout  time.Duration
 }
 
 func newFixture(t testing.TB, o fixtureOpts) *fixture {
@@ -65,26 +70,41 @@ func newFixture(t testing.TB, o fixtureOpts) *fixture {
 	}
 	t.Cleanup(nc.Close)
 	m := metrics.New(prometheus.NewRegistry(), metrics.BuildInfo{Version: "test"})
-	if o.mode == "" {
-		o.mode = publish.ModeJetStream
+	if o.maxBody == 0 {
+		o.maxBody = 1 << 20
+	}
+	if o.maxInflight == 0 {
+		o.maxInflight = 32 << 20
 	}
 	pub, err := publish.New(nc, publish.Config{
-		Mode: o.mode, SubjectPrefix: "datagrid", Stream: testStream, Replicas: 1,
-		MaxAge: time.Hour, DedupeWindow: time.Hour, Source: "https://api.datagrid.com",
-	}, m)
+		JetStream: !o.core, SubjectPrefix: "datagrid", Stream: testStream, Replicas: 1,
+		MaxAge: time.Hour, DedupeWindow: time.Hour, Tolerance: 5 * time.Minute, MaxBodyBytes: o.maxBody,
+		Source: "https://api.datagrid.com", CheckInterval: 100 * time.Millisecond,
+	}, m, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !o.noStream {
-		if err := pub.EnsureStream(context.Background(), nil); err != nil {
+	if o.stream != nil {
+		js, _ := jetstream.New(nc)
+		if _, err := js.CreateStream(context.Background(), *o.stream); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if o.keys == nil {
-		o.keys = ingress.StaticKeys{Secrets: [][]byte{[]byte(testSecret)}, WebhookIDs: []string{o.webhookID}}
+	if !o.noStream {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); pub.Run(ctx) }()
+		t.Cleanup(func() { cancel(); <-done })
+		deadline := time.Now().Add(10 * time.Second)
+		for pub.StreamCheck() != nil {
+			if time.Now().After(deadline) {
+				t.Fatalf("stream not ready: %v", pub.StreamCheck())
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
 	}
-	if o.maxBody == 0 {
-		o.maxBody = 1 << 20
+	if o.keys == nil {
+		o.keys = signature.Static{{Key: []byte(testSecret), WebhookID: o.webhookID}}
 	}
 	if o.pubTimeout == 0 {
 		o.pubTimeout = 2 * time.Second
@@ -92,9 +112,9 @@ func newFixture(t testing.TB, o fixtureOpts) *fixture {
 	f := &fixture{t: t, nats: srv, nc: nc, metrics: m, now: time.Now()}
 	f.js, _ = jetstream.New(nc)
 	h := ingress.NewHandler(ingress.Config{
-		Keys: o.keys, Publisher: pub, Metrics: m, Log: zap.NewNop(),
-		Tolerance: 5 * time.Minute, MaxBodyBytes: o.maxBody, PublishTimeout: o.pubTimeout,
-		Now: func() time.Time { return f.now },
+		Keyring: o.keys, Publisher: pub, Metrics: m, Log: zap.NewNop(),
+		Tolerance: 5 * time.Minute, MaxInflightBytes: o.maxInflight, PublishTimeout: o.pubTimeout,
+		JetStream: !o.core, Now: func() time.Time { return f.now },
 	})
 	f.handler = h
 	hs := httptest.NewServer(h)
@@ -110,18 +130,18 @@ func envelope(id, eventType string) []byte {
 // post sends body signed with secret at the fixture's clock.
 func (f *fixture) post(body []byte, secret string) *http.Response {
 	f.t.Helper()
-	return f.do(http.MethodPost, body, ingress.Sign([]byte(secret), f.now.Unix(), body))
+	return f.do(http.MethodPost, body, signature.Sign([]byte(secret), f.now.Unix(), body))
 }
 
-func (f *fixture) do(method string, body []byte, signature string) *http.Response {
+func (f *fixture) do(method string, body []byte, sig string) *http.Response {
 	f.t.Helper()
 	req, err := http.NewRequest(method, f.url, bytes.NewReader(body))
 	if err != nil {
 		f.t.Fatal(err)
 	}
 	req.Header.Set("Content-Type", "application/json")
-	if signature != "" {
-		req.Header.Set(ingress.SignatureHeader, signature)
+	if sig != "" {
+		req.Header.Set(signature.Header, sig)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -146,7 +166,7 @@ func storedIn(t testing.TB, js jetstream.JetStream) uint64 {
 	return info.State.Msgs
 }
 
-func (f *fixture) count(eventType string, o metrics.Outcome) float64 {
+func (f *fixture) count(eventType string, o ingress.Outcome) float64 {
 	return testutil.ToFloat64(f.metrics.Deliveries.WithLabelValues(eventType, string(o)))
 }
 
@@ -176,7 +196,7 @@ func TestDeliveryStoredOnce(t *testing.T) {
 	if got := f.stored(); got != 1 {
 		t.Fatalf("stored: got %d, want 1", got)
 	}
-	if got := f.count("batch_prediction.completed", metrics.OutcomePublished); got != 1 {
+	if got := f.count("batch_prediction.completed", ingress.OutcomePublished); got != 1 {
 		t.Fatalf("published metric: got %v, want 1", got)
 	}
 	if got := testutil.ToFloat64(f.metrics.LastPublished); got == 0 {
@@ -198,7 +218,7 @@ func TestDuplicateAnsweredWithoutSecondCopy(t *testing.T) {
 	if got := f.stored(); got != 1 {
 		t.Fatalf("stored: got %d, want 1", got)
 	}
-	if got := f.count("batch_prediction.failed", metrics.OutcomeDuplicate); got != 2 {
+	if got := f.count("batch_prediction.failed", ingress.OutcomeDuplicate); got != 2 {
 		t.Fatalf("duplicate metric: got %v, want 2", got)
 	}
 }
@@ -206,21 +226,21 @@ func TestDuplicateAnsweredWithoutSecondCopy(t *testing.T) {
 func TestUnauthorized(t *testing.T) {
 	body := envelope("evt_401", "batch_prediction.completed")
 	now := time.Now()
-	valid := ingress.Sign([]byte(testSecret), now.Unix(), body)
+	valid := signature.Sign([]byte(testSecret), now.Unix(), body)
 	tests := []struct {
 		name      string
 		signature string
-		outcome   metrics.Outcome
+		outcome   ingress.Outcome
 		reason    string
 	}{
-		{"missing header", "", metrics.OutcomeInvalidSignature, "missing"},
-		{"unparsable header", "garbage", metrics.OutcomeInvalidSignature, "malformed"},
-		{"no v1", fmt.Sprintf("t=%d", now.Unix()), metrics.OutcomeInvalidSignature, "malformed"},
-		{"wrong signature", fmt.Sprintf("t=%d,v1=%s", now.Unix(), strings.Repeat("ab", 32)), metrics.OutcomeInvalidSignature, "does not match"},
-		{"unknown secret", ingress.Sign([]byte("whsec_someone_else"), now.Unix(), body), metrics.OutcomeInvalidSignature, "does not match"},
-		{"signature of other bytes", ingress.Sign([]byte(testSecret), now.Unix(), append(body, ' ')), metrics.OutcomeInvalidSignature, "does not match"},
-		{"t too old", ingress.Sign([]byte(testSecret), now.Add(-6*time.Minute).Unix(), body), metrics.OutcomeStaleTimestamp, "tolerance"},
-		{"t too far ahead", ingress.Sign([]byte(testSecret), now.Add(6*time.Minute).Unix(), body), metrics.OutcomeStaleTimestamp, "tolerance"},
+		{"missing header", "", ingress.OutcomeInvalidSignature, "missing"},
+		{"unparsable header", "garbage", ingress.OutcomeInvalidSignature, "malformed"},
+		{"no v1", fmt.Sprintf("t=%d", now.Unix()), ingress.OutcomeInvalidSignature, "malformed"},
+		{"wrong signature", fmt.Sprintf("t=%d,v1=%s", now.Unix(), strings.Repeat("ab", 32)), ingress.OutcomeInvalidSignature, "does not match"},
+		{"unknown secret", signature.Sign([]byte("whsec_someone_else"), now.Unix(), body), ingress.OutcomeInvalidSignature, "does not match"},
+		{"signature of other bytes", signature.Sign([]byte(testSecret), now.Unix(), append(body, ' ')), ingress.OutcomeInvalidSignature, "does not match"},
+		{"t too old", signature.Sign([]byte(testSecret), now.Add(-6*time.Minute).Unix(), body), ingress.OutcomeStaleTimestamp, "tolerance"},
+		{"t too far ahead", signature.Sign([]byte(testSecret), now.Add(6*time.Minute).Unix(), body), ingress.OutcomeStaleTimestamp, "tolerance"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -247,7 +267,7 @@ func TestTooLarge(t *testing.T) {
 		body := envelope("evt_big", "batch_prediction.completed")
 		body = append(body[:len(body)-1], []byte(`,"pad":"`+strings.Repeat("x", 2048)+`"}`)...)
 		expect(t, f.post(body, testSecret), 413, "error", "larger than 2048")
-		if got := f.count("unknown", metrics.OutcomeTooLarge); got != 1 {
+		if got := f.count("unknown", ingress.OutcomeTooLarge); got != 1 {
 			t.Fatalf("too_large metric: got %v, want 1", got)
 		}
 		if got := f.stored(); got != 0 {
@@ -258,6 +278,7 @@ func TestTooLarge(t *testing.T) {
 		f := newFixture(t, fixtureOpts{maxBody: 2048})
 		req, _ := http.NewRequest(http.MethodPost, f.url, io.MultiReader(strings.NewReader(strings.Repeat(" ", 4096))))
 		req.ContentLength = -1 // chunked
+		req.Header.Set(signature.Header, signature.Sign([]byte(testSecret), f.now.Unix(), nil))
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -276,48 +297,84 @@ func TestTooLarge(t *testing.T) {
 		opts.MaxPayload = 16 << 10
 		f := newFixture(t, fixtureOpts{natsOpts: opts, maxBody: 1 << 20})
 		limit := int64(16<<10) - publish.HeaderRoom
+		if got := testutil.ToFloat64(f.metrics.BodyLimit); got != float64(limit) {
+			t.Fatalf("body limit gauge (set before any delivery): got %v, want %d", got, limit)
+		}
 		body := envelope("evt_nats_cap", "batch_prediction.completed")
 		body = append(body, bytes.Repeat([]byte(" "), int(limit)+1-len(body))...)
 		expect(t, f.post(body, testSecret), 413, "error", fmt.Sprintf("larger than %d", limit))
 		if got := testutil.ToFloat64(f.metrics.BodyLimit); got != float64(limit) {
-			t.Fatalf("body limit gauge: got %v, want %d", got, limit)
+			t.Fatalf("body limit gauge (set before any delivery): got %v, want %d", got, limit)
 		}
 		// Just under the cap still fits, headers included.
 		expect(t, f.post(body[:limit], testSecret), 200, "status", "stored")
 	})
 }
 
-func TestMalformed(t *testing.T) {
+// TestQuarantine: a delivery Datagrid signed is never thrown away. One that
+// cannot go on its event-type subject is stored byte for byte on
+// datagrid._quarantine, keyed by its id when usable, else by the body's
+// hash, and answered 2xx so Datagrid does not retry it into oblivion.
+func TestQuarantine(t *testing.T) {
+	hashed := func(body string) string {
+		sum := sha256.Sum256([]byte(body))
+		return "sha256:" + hex.EncodeToString(sum[:])
+	}
 	tests := []struct {
-		name, body, reason, label string
+		name, body, reason, msgID string
 	}{
-		{"not JSON", `not json`, "not a JSON object", "unknown"},
-		{"JSON array", `[1,2]`, "not a JSON object", "unknown"},
-		{"truncated JSON", `{"id":"evt_1","event_type":"batch_prediction.completed"`, "not a JSON object", "unknown"},
-		{"null", `null`, "no id", "unknown"},
-		{"no id", `{"event_type":"batch_prediction.completed"}`, "no id", "unknown"},
-		{"no event_type", `{"id":"evt_1"}`, "no event_type", "unknown"},
-		{"id not a string", `{"id":7,"event_type":"batch_prediction.completed"}`, "must be strings", "unknown"},
-		{"empty id", `{"id":"","event_type":"batch_prediction.completed"}`, "visible ASCII", "batch_prediction.completed"},
-		{"id with a line break", `{"id":"evt\r\nNats-Msg-Id: x","event_type":"batch_prediction.completed"}`, "visible ASCII", "batch_prediction.completed"},
-		{"id too long", `{"id":"` + strings.Repeat("a", 257) + `","event_type":"batch_prediction.completed"}`, "visible ASCII", "batch_prediction.completed"},
-		{"wildcard event type", `{"id":"evt_1","event_type":"batch_prediction.*"}`, "event_type must be", "unknown"},
-		{"full wildcard event type", `{"id":"evt_1","event_type":"batch.>"}`, "event_type must be", "unknown"},
-		{"empty token", `{"id":"evt_1","event_type":"batch..completed"}`, "event_type must be", "unknown"},
-		{"leading dot", `{"id":"evt_1","event_type":".completed"}`, "event_type must be", "unknown"},
-		{"upper case", `{"id":"evt_1","event_type":"Batch_Prediction.Completed"}`, "event_type must be", "unknown"},
-		{"space", `{"id":"evt_1","event_type":"batch prediction"}`, "event_type must be", "unknown"},
-		{"empty event type", `{"id":"evt_1","event_type":""}`, "event_type must be", "unknown"},
+		{"not JSON", `not json`, "not a JSON object", ""},
+		{"JSON array", `[1,2]`, "not a JSON object", ""},
+		{"truncated JSON", `{"id":"evt_1","event_type":"batch_prediction.completed"`, "not a JSON object", ""},
+		{"null", `null`, "not a JSON object", ""},
+		{"no id", `{"event_type":"batch_prediction.completed"}`, "no id", ""},
+		{"no event_type", `{"id":"evt_q1"}`, "no event_type", "evt_q1"},
+		{"id not a string", `{"id":7,"event_type":"batch_prediction.completed"}`, "must be strings", ""},
+		{"empty id", `{"id":"","event_type":"batch_prediction.completed"}`, "visible ASCII", ""},
+		{"id with a line break", `{"id":"evt\r\nNats-Msg-Id: x","event_type":"batch_prediction.completed"}`, "visible ASCII", ""},
+		{"id too long", `{"id":"` + strings.Repeat("a", 257) + `","event_type":"batch_prediction.completed"}`, "visible ASCII", ""},
+		{"wildcard event type", `{"id":"evt_q2","event_type":"batch_prediction.*"}`, "safe subject token", "evt_q2"},
+		{"full wildcard event type", `{"id":"evt_q3","event_type":"batch.>"}`, "safe subject token", "evt_q3"},
+		{"empty token", `{"id":"evt_q4","event_type":"batch..completed"}`, "safe subject token", "evt_q4"},
+		{"upper case", `{"id":"evt_q5","event_type":"Batch_Prediction.Completed"}`, "safe subject token", "evt_q5"},
+		{"the relay's own token", `{"id":"evt_q6","event_type":"_quarantine"}`, "safe subject token", "evt_q6"},
+		{"duplicate event_type", `{"id":"evt_q7","event_type":"a.b","event_type":"c.d"}`, "more than one copy", "evt_q7"},
+		{"case variant event_type", `{"id":"evt_q8","event_type":"a.b","EVENT_TYPE":"c.d"}`, "case variant", "evt_q8"},
+		{"case variant id", `{"id":"evt_q9","ID":"evt_x","event_type":"a.b"}`, "case variant", "evt_q9"},
+		{"escaped duplicate key", `{"id":"evt_q10","event_type":"a.b","\u0065vent_type":"c.d"}`, "more than one copy", "evt_q10"},
+		{"unicode fold variant", `{"id":"evt_q11","event_type":"a.b","timeſtamp":1}`, "case variant", "evt_q11"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			f := newFixture(t, fixtureOpts{})
-			expect(t, f.post([]byte(tt.body), testSecret), 400, "error", tt.reason)
-			if got := f.count(tt.label, metrics.OutcomeMalformed); got != 1 {
-				t.Fatalf("malformed metric for %s: got %v, want 1", tt.label, got)
+			f := newFixture(t, fixtureOpts{webhookID: "wh_q"})
+			sub, err := f.nc.SubscribeSync("datagrid._quarantine")
+			if err != nil {
+				t.Fatal(err)
 			}
-			if got := f.stored(); got != 0 {
-				t.Fatalf("stored: got %d, want 0", got)
+			expect(t, f.post([]byte(tt.body), testSecret), 200, "status", "quarantined")
+			if got := f.count("unknown", ingress.OutcomeQuarantined); got != 1 {
+				t.Fatalf("quarantined metric: got %v, want 1", got)
+			}
+			if got := f.stored(); got != 1 {
+				t.Fatalf("stored: got %d, want 1", got)
+			}
+			msg, err := sub.NextMsg(5 * time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			wantID := tt.msgID
+			if wantID == "" {
+				wantID = hashed(tt.body)
+			}
+			if !bytes.Equal(msg.Data, []byte(tt.body)) || msg.Header.Get("Nats-Msg-Id") != wantID ||
+				!strings.Contains(msg.Header.Get("Datagrid-Quarantine-Reason"), tt.reason) || msg.Header.Get("Datagrid-Webhook-Id") != "wh_q" {
+				t.Fatalf("quarantined message: got %q with headers %v, want the body with id %s and reason %q", msg.Data, msg.Header, wantID, tt.reason)
+			}
+			// Datagrid's retry of the same delivery is stored once.
+			f.now = f.now.Add(time.Second)
+			expect(t, f.post([]byte(tt.body), testSecret), 200, "status", "quarantined")
+			if got := f.stored(); got != 1 {
+				t.Fatalf("stored after a retry: got %d, want 1", got)
 			}
 		})
 	}
@@ -334,7 +391,7 @@ func TestMethodNotAllowed(t *testing.T) {
 			}
 		})
 	}
-	if got := f.count("unknown", metrics.OutcomeMethodNotAllowed); got != 5 {
+	if got := f.count("unknown", ingress.OutcomeMethodNotAllowed); got != 5 {
 		t.Fatalf("method_not_allowed metric: got %v, want 5", got)
 	}
 }
@@ -347,12 +404,12 @@ func TestUnavailable(t *testing.T) {
 		if got := resp.Header.Get("Retry-After"); got == "" {
 			t.Fatal("no Retry-After on 503")
 		}
-		if got := f.count(label, metrics.OutcomeUnavailable); got != 1 {
+		if got := f.count(label, ingress.OutcomeUnavailable); got != 1 {
 			t.Fatalf("unavailable metric: got %v, want 1", got)
 		}
 	}
 	t.Run("no secret known yet", func(t *testing.T) {
-		f := newFixture(t, fixtureOpts{keys: ingress.StaticKeys{}})
+		f := newFixture(t, fixtureOpts{keys: signature.Static{}})
 		check(t, f, f.post(body, testSecret), "no signing secret", "unknown")
 		if got := f.stored(); got != 0 {
 			t.Fatalf("stored: got %d, want 0", got)
@@ -376,19 +433,20 @@ func TestUnavailable(t *testing.T) {
 func TestUnknownEventTypeRelayedAsOther(t *testing.T) {
 	f := newFixture(t, fixtureOpts{})
 	expect(t, f.post(envelope("evt_new", "dataset.sync.finished"), testSecret), 200, "status", "stored")
-	if got := f.count("other", metrics.OutcomePublished); got != 1 {
+	if got := f.count("other", ingress.OutcomePublished); got != 1 {
 		t.Fatalf("other metric: got %v, want 1", got)
 	}
 }
 
 func TestCoreModePublishesWithoutStream(t *testing.T) {
-	f := newFixture(t, fixtureOpts{mode: publish.ModeCore, noStream: true})
+	f := newFixture(t, fixtureOpts{core: true, noStream: true})
 	sub, err := f.nc.SubscribeSync("datagrid.>")
 	if err != nil {
 		t.Fatal(err)
 	}
 	body := envelope("evt_core", "batch_prediction.expired")
-	expect(t, f.post(body, testSecret), 200, "status", "stored")
+	// Nothing is stored in core mode: the answer must not say so.
+	expect(t, f.post(body, testSecret), 200, "status", "published")
 	msg, err := sub.NextMsg(5 * time.Second)
 	if err != nil {
 		t.Fatalf("no message in core mode: %v", err)

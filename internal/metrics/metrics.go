@@ -2,49 +2,21 @@
 //
 // All names start with datagrid_relay_, use base units, end counters in
 // _total and histograms of time in _seconds. Label values come from small
-// fixed sets and every series is created at zero when the Metrics are built,
-// so dashboards and alerts see a series before its first event.
+// fixed sets, declared by the packages that produce them (ingress for
+// delivery outcomes, bootstrap for reconcile outcomes, the Datagrid client
+// for API operations), which create every series at zero, so dashboards and
+// alerts see a series before its first event.
 package metrics
 
 import (
+	"sync/atomic"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-
-	"github.com/datagrid-relay/relay/internal/datagrid"
-	"github.com/datagrid-relay/relay/internal/event"
 )
 
 // Namespace prefixes every metric name.
 const Namespace = "datagrid_relay"
-
-// Outcome is what became of one delivery: one value per row of the
-// contract's delivery table.
-type Outcome string
-
-// The outcomes of a delivery.
-const (
-	OutcomePublished        Outcome = "published"          // 2xx, stored once
-	OutcomeDuplicate        Outcome = "duplicate"          // 2xx, already stored
-	OutcomeInvalidSignature Outcome = "invalid_signature"  // 401
-	OutcomeStaleTimestamp   Outcome = "stale_timestamp"    // 401
-	OutcomeTooLarge         Outcome = "too_large"          // 413
-	OutcomeMalformed        Outcome = "malformed"          // 400
-	OutcomeMethodNotAllowed Outcome = "method_not_allowed" // 405
-	OutcomeUnavailable      Outcome = "unavailable"        // 503
-	OutcomeQuarantined      Outcome = "quarantined"        // 2xx, stored on <prefix>._quarantine
-	OutcomeOverloaded       Outcome = "overloaded"         // 503, the in-flight body budget is spent
-)
-
-// Outcomes lists every Outcome, for pre-initialising series and tests.
-var Outcomes = []Outcome{
-	OutcomePublished, OutcomeDuplicate, OutcomeInvalidSignature, OutcomeStaleTimestamp,
-	OutcomeTooLarge, OutcomeMalformed, OutcomeMethodNotAllowed, OutcomeUnavailable,
-	OutcomeQuarantined, OutcomeOverloaded,
-}
-
-// ReadyChecks are the readiness checks, each exported as
-// datagrid_relay_ready_check{check=...}.
-var ReadyChecks = []string{"nats", "stream", "signing_secret"}
 
 // BuildInfo identifies the running binary.
 type BuildInfo struct {
@@ -60,7 +32,8 @@ type Metrics struct {
 	InFlight         prometheus.Gauge
 	BodyLimit        prometheus.Gauge
 	LastPublished    prometheus.Gauge
-	Secrets          prometheus.Gauge
+	secrets          prometheus.GaugeFunc
+	countSecrets     atomic.Pointer[func() int]
 	UnknownPath      prometheus.Counter
 	InflightBytes    prometheus.Gauge
 	InflightBudget   prometheus.Gauge
@@ -86,13 +59,6 @@ type Metrics struct {
 	APIRequestDuration   *prometheus.HistogramVec
 }
 
-// Reconcile outcomes.
-const (
-	ReconcileOK       = "ok"       // the webhook at Datagrid was as wanted
-	ReconcileRepaired = "repaired" // something was created, re-enabled, restored or replaced
-	ReconcileFailed   = "failed"   // the reconcile could not finish; it is retried
-)
-
 // New creates the metrics and registers them, with the Go and process
 // collectors and datagrid_relay_build_info, on reg.
 func New(reg prometheus.Registerer, info BuildInfo) *Metrics {
@@ -117,10 +83,6 @@ func New(reg prometheus.Registerer, info BuildInfo) *Metrics {
 		LastPublished: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: Namespace, Name: "last_published_timestamp_seconds",
 			Help: "Unix time of the last delivery stored on NATS (0 before the first).",
-		}),
-		Secrets: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: Namespace, Name: "signing_secrets",
-			Help: "Signing secrets accepted now; 0 means deliveries cannot be verified.",
 		}),
 		UnknownPath: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: Namespace, Name: "unknown_path_requests_total",
@@ -156,6 +118,15 @@ func New(reg prometheus.Registerer, info BuildInfo) *Metrics {
 			Help: "Asynchronous errors reported by the NATS connection.",
 		}),
 	}
+	m.secrets = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: Namespace, Name: "signing_secrets",
+		Help: "Signing secrets accepted now; 0 means deliveries cannot be verified.",
+	}, func() float64 {
+		if f := m.countSecrets.Load(); f != nil {
+			return float64((*f)())
+		}
+		return 0
+	})
 	m.InflightBytes = prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: Namespace, Name: "inflight_body_bytes",
 		Help: "Memory reserved right now for delivery bodies being read or published.",
@@ -172,9 +143,6 @@ func New(reg prometheus.Registerer, info BuildInfo) *Metrics {
 		Namespace: Namespace, Name: "ready_check",
 		Help: "1 when the readiness check passes, else 0, by check (nats, stream, signing_secret).",
 	}, []string{"check"})
-	for _, c := range ReadyChecks {
-		m.ReadyCheck.WithLabelValues(c)
-	}
 	m.RegistrationHealthy = prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: Namespace, Name: "registration_healthy",
 		Help: "1 when the webhook at Datagrid matches the configuration and its secret is known (always 1 with a static secret), else 0.",
@@ -204,16 +172,6 @@ func New(reg prometheus.Registerer, info BuildInfo) *Metrics {
 		Help:    "Time of one HTTP request to the Datagrid API, by operation.",
 		Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 	}, []string{"operation"})
-	for _, o := range []string{ReconcileOK, ReconcileRepaired, ReconcileFailed} {
-		m.Reconciles.WithLabelValues(o)
-	}
-	for _, op := range datagrid.Ops() {
-		m.APIRequestFailures.WithLabelValues(op)
-		m.APIRequestDuration.WithLabelValues(op)
-		for _, c := range []string{"2xx", "4xx", "5xx", "error"} { // as APIRequest classes them
-			m.APIRequests.WithLabelValues(op, c)
-		}
-	}
 
 	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: Namespace, Name: "build_info",
@@ -222,20 +180,11 @@ func New(reg prometheus.Registerer, info BuildInfo) *Metrics {
 	})
 	buildInfo.Set(1)
 
-	for _, et := range event.Labels() {
-		for _, o := range Outcomes {
-			m.Deliveries.WithLabelValues(et, string(o))
-		}
-	}
-	for _, o := range Outcomes {
-		m.DeliveryDuration.WithLabelValues(string(o))
-	}
-
 	reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		buildInfo,
-		m.Deliveries, m.DeliveryDuration, m.InFlight, m.BodyLimit, m.LastPublished, m.Secrets, m.UnknownPath,
+		m.Deliveries, m.DeliveryDuration, m.InFlight, m.BodyLimit, m.LastPublished, m.secrets, m.UnknownPath,
 		m.InflightBytes, m.InflightBudget, m.Ready, m.ReadyCheck,
 		m.Publishes, m.PublishFailures, m.PublishDuration,
 		m.NATSConnected, m.NATSDisconnects, m.NATSReconnects, m.NATSErrors,
@@ -243,6 +192,23 @@ func New(reg prometheus.Registerer, info BuildInfo) *Metrics {
 		m.APIRequests, m.APIRequestFailures, m.APIRequestDuration,
 	)
 	return m
+}
+
+// CountSecrets makes datagrid_relay_signing_secrets report count(), read at
+// every scrape: the keyring chosen at start, static or managed, is the one
+// source of the number.
+func (m *Metrics) CountSecrets(count func() int) { m.countSecrets.Store(&count) }
+
+// DeclareAPIOps creates the API request series of every operation at zero,
+// so that alerts and dashboards see them before the first call.
+func (m *Metrics) DeclareAPIOps(ops []string) {
+	for _, op := range ops {
+		m.APIRequestFailures.WithLabelValues(op)
+		m.APIRequestDuration.WithLabelValues(op)
+		for _, c := range []string{"2xx", "4xx", "5xx", "error"} { // as APIRequest classes them
+			m.APIRequests.WithLabelValues(op, c)
+		}
+	}
 }
 
 // APIRequest records one HTTP request to the Datagrid API: its operation,
@@ -264,8 +230,9 @@ func (m *Metrics) APIRequest(op string, status int, seconds float64) {
 	m.APIRequestDuration.WithLabelValues(op).Observe(seconds)
 }
 
-// Delivery counts one answered delivery and its duration.
-func (m *Metrics) Delivery(eventType string, o Outcome, seconds float64) {
-	m.Deliveries.WithLabelValues(event.Label(eventType), string(o)).Inc()
-	m.DeliveryDuration.WithLabelValues(string(o)).Observe(seconds)
+// Delivery counts one answered delivery, by its bounded event-type label
+// and its outcome, and its duration.
+func (m *Metrics) Delivery(eventLabel, outcome string, seconds float64) {
+	m.Deliveries.WithLabelValues(eventLabel, outcome).Inc()
+	m.DeliveryDuration.WithLabelValues(outcome).Observe(seconds)
 }

@@ -1,4 +1,4 @@
-package metrics
+package metrics_test
 
 import (
 	"encoding/json"
@@ -11,6 +11,12 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/datagrid-relay/relay/internal/bootstrap"
+	"github.com/datagrid-relay/relay/internal/datagrid"
+	"github.com/datagrid-relay/relay/internal/ingress"
+	"github.com/datagrid-relay/relay/internal/metrics"
 )
 
 // The observability pack shipped with the Helm chart, and the runbook its
@@ -34,7 +40,12 @@ var (
 func exported(t *testing.T) map[string]bool {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	New(reg, BuildInfo{Version: "test", Revision: "test", GoVersion: "test"})
+	// The metrics with the series their owners declare at start.
+	m := metrics.New(reg, metrics.BuildInfo{Version: "test", Revision: "test", GoVersion: "test"})
+	ingress.NewHandler(ingress.Config{Metrics: m})
+	bootstrap.NewRegistrar(nil, nil, bootstrap.Config{}, zap.NewNop(), m, nil)
+	m.DeclareAPIOps(datagrid.Ops())
+	m.ReadyCheck.WithLabelValues("nats")
 	families, err := reg.Gather()
 	if err != nil {
 		t.Fatalf("gather: %v", err)
@@ -96,8 +107,11 @@ func familyOf(name string, have map[string]bool) string {
 // TestPackOutcomes: outcome values the pack filters on are ones the relay
 // uses, so a renamed outcome cannot silently empty an alert.
 func TestPackOutcomes(t *testing.T) {
-	known := map[string]bool{ReconcileOK: true, ReconcileRepaired: true, ReconcileFailed: true}
-	for _, o := range Outcomes {
+	known := map[string]bool{}
+	for _, o := range []bootstrap.Outcome{bootstrap.ReconcileOK, bootstrap.ReconcileRepaired, bootstrap.ReconcileFailed} {
+		known[string(o)] = true
+	}
+	for _, o := range ingress.Outcomes() {
 		known[string(o)] = true
 	}
 	for _, path := range []string{dashboardPath, rulesPath} {
@@ -304,7 +318,7 @@ func sortedKeys(m map[string]bool) []string {
 func relayMetrics(have map[string]bool) []string {
 	var names []string
 	for _, n := range sortedKeys(have) {
-		if strings.HasPrefix(n, Namespace+"_") {
+		if strings.HasPrefix(n, metrics.Namespace+"_") {
 			names = append(names, n)
 		}
 	}

@@ -1,29 +1,37 @@
-// Package publish puts verified deliveries on NATS.
+// Package publish puts verified deliveries on NATS and owns the stream they
+// are stored in.
 //
 // In jetstream mode a message is published to the stream that captures
 // <prefix>.> and Publish returns only after JetStream acknowledged storing
 // it; the event id travels as Nats-Msg-Id, so a redelivery inside the
-// stream's duplicate window is stored once. In core mode Publish returns
-// once the server has received the message (a flush round trip): nothing
-// is stored, so subscribers that are away miss it.
+// stream's duplicate window is stored once. The Publisher creates the stream
+// when it is missing, adopts an existing one only if its settings keep that
+// promise, and checks it again on every reconnect, every few seconds and
+// whenever a publish finds no stream (Run). In core mode Publish returns once
+// the server has received the message (a flush round trip): nothing is
+// stored, so subscribers that are away miss it.
 package publish
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
 
 	"github.com/datagrid-relay/relay/internal/metrics"
 )
 
-// Header names set on every message, besides jetstream.MsgIDHeader.
+// Header names set on messages, besides jetstream.MsgIDHeader.
 const (
 	HeaderContentType = "Content-Type"
 	HeaderWebhookID   = "Datagrid-Webhook-Id"
+	// HeaderQuarantineReason says why a delivery was quarantined.
+	HeaderQuarantineReason = "Datagrid-Quarantine-Reason"
 	// CloudEvents binary-mode attributes (NATS protocol binding).
 	HeaderCESpecVersion = "ce-specversion"
 	HeaderCEID          = "ce-id"
@@ -32,15 +40,18 @@ const (
 	HeaderCETime        = "ce-time"
 )
 
+// QuarantineToken is the last subject token of quarantined deliveries:
+// <prefix>._quarantine. No event type can take it (event types never start
+// with '_').
+const QuarantineToken = "_quarantine"
+
 // HeaderRoom is the payload room kept free for the headers above: event ids,
 // types and webhook ids are bounded well below it by the ingress checks.
 const HeaderRoom = 4096
 
-// Modes of publishing.
-const (
-	ModeJetStream = "jetstream"
-	ModeCore      = "core"
-)
+// DefaultCheckInterval is how often Run checks the stream when nothing else
+// asks it to.
+const DefaultCheckInterval = 5 * time.Second
 
 // Message is one verified delivery.
 type Message struct {
@@ -49,6 +60,10 @@ type Message struct {
 	Time      time.Time // event time from the envelope; zero when absent
 	WebhookID string    // Datagrid webhook id; empty when unknown
 	Body      []byte    // the delivery body, published byte for byte
+	// Quarantine, when set, is why the delivery cannot go on its event-type
+	// subject: it goes to <prefix>._quarantine with this reason, and Type
+	// and Time are unused.
+	Quarantine string
 }
 
 // Result tells what became of a published message.
@@ -60,20 +75,28 @@ type Result struct {
 	Sequence uint64
 }
 
-// Config shapes the publisher and, in jetstream mode, the stream it creates.
+// ErrTooLarge wraps a publish the bus will never accept, however often it
+// is retried: the message is over its size limits.
+var ErrTooLarge = errors.New("message larger than the bus accepts")
+
+// Config shapes the publisher and the stream it creates.
 type Config struct {
-	Mode          string
+	// JetStream selects acknowledged, stored publishing; false is core NATS.
+	JetStream     bool
 	SubjectPrefix string
 	Stream        string
 	Replicas      int
 	MaxAge        time.Duration // 0 keeps messages forever
 	DedupeWindow  time.Duration
-	Source        string // ce-source of every message
+	// Tolerance is the signature tolerance: an adopted stream's duplicate
+	// window must cover it, or a replay inside it is stored twice.
+	Tolerance time.Duration
+	// MaxBodyBytes is the configured body limit; BodyLimit lowers it to
+	// what the server and the stream accept.
+	MaxBodyBytes  int64
+	Source        string        // ce-source of every message
+	CheckInterval time.Duration // DefaultCheckInterval when 0
 }
-
-// ErrStreamMismatch means a stream of the configured name exists but does
-// not capture <prefix>.>; the relay will not change it.
-var ErrStreamMismatch = errors.New("stream does not capture the subjects")
 
 // Publisher publishes deliveries to NATS. It is safe for concurrent use.
 // It does not own the connection: the caller drains it on shutdown, after
@@ -83,33 +106,112 @@ type Publisher struct {
 	js      jetstream.JetStream
 	cfg     Config
 	metrics *metrics.Metrics
+	log     *zap.Logger
+
+	// What Run last found; read by Check and BodyLimit on every request.
+	streamErr     atomic.Pointer[error] // nil pointer: the stream is fine
+	streamMaxSize atomic.Int64          // the stream's max_msg_size, 0 when unlimited
+	wake          chan struct{}
 }
 
-// New returns a Publisher on nc.
-func New(nc *nats.Conn, cfg Config, m *metrics.Metrics) (*Publisher, error) {
+// New returns a Publisher on nc. It does no I/O: Run ensures the stream.
+func New(nc *nats.Conn, cfg Config, m *metrics.Metrics, log *zap.Logger) (*Publisher, error) {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, fmt.Errorf("jetstream context: %w", err)
 	}
-	return &Publisher{nc: nc, js: js, cfg: cfg, metrics: m}, nil
+	if cfg.CheckInterval <= 0 {
+		cfg.CheckInterval = DefaultCheckInterval
+	}
+	p := &Publisher{nc: nc, js: js, cfg: cfg, metrics: m, log: log, wake: make(chan struct{}, 1)}
+	notYet := error(errNotChecked)
+	p.streamErr.Store(&notYet)
+	m.BodyLimit.Set(float64(p.BodyLimit()))
+	return p, nil
 }
+
+var errNotChecked = errors.New("not checked yet")
 
 // Subjects is the subject filter that the stream must capture.
 func (p *Publisher) Subjects() string { return p.cfg.SubjectPrefix + ".>" }
 
-// EnsureStream creates the stream if it is missing and adopts it if present.
-// An existing stream is never modified: if it does not capture the relay's
-// subjects the error wraps ErrStreamMismatch; a duplicate window shorter than
-// configured is reported through warn but accepted. In core mode it does
-// nothing.
-func (p *Publisher) EnsureStream(ctx context.Context, warn func(msg string)) error {
-	if p.cfg.Mode != ModeJetStream {
-		return nil
+// Run keeps the stream until ctx ends: it ensures it at once, then on every
+// reconnect, whenever a publish found no stream, and every CheckInterval.
+// Between two checks it waits at least a floor that grows while checks
+// fail, whatever wakes it, so nothing can make it spin. In core mode it only
+// keeps the body limit up to date.
+func (p *Publisher) Run(ctx context.Context) {
+	reconnected := p.nc.StatusChanged(nats.CONNECTED)
+	defer p.nc.RemoveStatusListener(reconnected)
+	const minFloor, maxFloor = 250 * time.Millisecond, 5 * time.Second
+	floor := minFloor
+	for {
+		err := p.check(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			floor = min(floor*2, maxFloor)
+		} else {
+			floor = minFloor
+		}
+		select { // the floor: no wake-up can bring the next check closer
+		case <-ctx.Done():
+			return
+		case <-time.After(floor):
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-reconnected:
+		case <-p.wake:
+		case <-time.After(p.cfg.CheckInterval - floor):
+		}
+	}
+}
+
+// check ensures the stream once and records the outcome for Check and
+// BodyLimit, logging only changes.
+func (p *Publisher) check(ctx context.Context) error {
+	var err error
+	var warning string
+	if p.cfg.JetStream {
+		attempt, cancel := context.WithTimeout(ctx, 10*time.Second)
+		warning, err = p.ensureStream(attempt)
+		cancel()
+	}
+	if ctx.Err() != nil {
+		return err
+	}
+	prev := p.streamErr.Load()
+	switch {
+	case err == nil && prev != nil:
+		p.streamErr.Store(nil)
+		if p.cfg.JetStream {
+			p.log.Info("stream ready", zap.String("stream", p.cfg.Stream), zap.Int64("body_limit", p.BodyLimit()))
+		}
+		if warning != "" {
+			p.log.Warn(warning, zap.String("stream", p.cfg.Stream))
+		}
+	case err != nil && (prev == nil || (*prev).Error() != err.Error()):
+		p.streamErr.Store(&err)
+		p.log.Warn("stream not ready; deliveries are answered 503 until it is", zap.String("stream", p.cfg.Stream), zap.Error(err))
+	}
+	p.metrics.BodyLimit.Set(float64(p.BodyLimit()))
+	return err
+}
+
+// ensureStream creates the stream if it is missing and adopts it if present
+// and fit (see adoptable). An existing stream is never modified. The
+// warning, if any, is about an adopted stream that keeps the promise but
+// less well than configured.
+func (p *Publisher) ensureStream(ctx context.Context) (warning string, err error) {
+	if !p.nc.IsConnected() {
+		return "", errors.New("nats not connected")
 	}
 	s, err := p.js.Stream(ctx, p.cfg.Stream)
-	switch {
-	case errors.Is(err, jetstream.ErrStreamNotFound):
-		_, err = p.js.CreateStream(ctx, jetstream.StreamConfig{
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		s, err = p.js.CreateStream(ctx, jetstream.StreamConfig{
 			Name:        p.cfg.Stream,
 			Description: "Datagrid webhook events, relayed by datagrid-relay",
 			Subjects:    []string{p.Subjects()},
@@ -119,23 +221,49 @@ func (p *Publisher) EnsureStream(ctx context.Context, warn func(msg string)) err
 			Duplicates:  p.cfg.DedupeWindow,
 			Discard:     jetstream.DiscardOld,
 		})
-		if err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-			return fmt.Errorf("create stream %s: %w", p.cfg.Stream, err)
+		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			s, err = p.js.Stream(ctx, p.cfg.Stream) // another replica was first
 		}
-		return nil
-	case err != nil:
-		return fmt.Errorf("look up stream %s: %w", p.cfg.Stream, err)
+		if err != nil {
+			return "", fmt.Errorf("create stream %s: %w", p.cfg.Stream, err)
+		}
+		p.log.Info("stream created", zap.String("stream", p.cfg.Stream), zap.String("subjects", p.Subjects()))
+	} else if err != nil {
+		return "", fmt.Errorf("look up stream %s: %w", p.cfg.Stream, err)
 	}
-	info := s.CachedInfo()
-	if !captures(info.Config.Subjects, p.Subjects()) {
-		return fmt.Errorf("stream %s has subjects %v, want one capturing %s: %w",
-			p.cfg.Stream, info.Config.Subjects, p.Subjects(), ErrStreamMismatch)
+	c := s.CachedInfo().Config
+	if problem := p.adoptable(c); problem != "" {
+		return "", fmt.Errorf("stream %s cannot be adopted: %s", p.cfg.Stream, problem)
 	}
-	if info.Config.Duplicates < p.cfg.DedupeWindow && warn != nil {
-		warn(fmt.Sprintf("stream %s has a duplicate window of %s, shorter than RELAY_DEDUPE_WINDOW=%s: redeliveries after it are stored again",
-			p.cfg.Stream, info.Config.Duplicates, p.cfg.DedupeWindow))
+	p.streamMaxSize.Store(max(int64(c.MaxMsgSize), 0))
+	if c.Duplicates < p.cfg.DedupeWindow {
+		warning = fmt.Sprintf("adopted stream has a duplicate window of %s, shorter than RELAY_DEDUPE_WINDOW=%s: a redelivery after it is stored again",
+			c.Duplicates, p.cfg.DedupeWindow)
 	}
-	return nil
+	return warning, nil
+}
+
+// adoptable says why an existing stream would break "2xx means stored
+// exactly once", or "" when it keeps the promise. A max_msg_size below the
+// body limit is fine: BodyLimit lowers the limit to it.
+func (p *Publisher) adoptable(c jetstream.StreamConfig) string {
+	switch {
+	case !captures(c.Subjects, p.Subjects()):
+		return fmt.Sprintf("its subjects %v do not capture %s", c.Subjects, p.Subjects())
+	case c.Retention == jetstream.InterestPolicy:
+		return "interest retention keeps nothing while no consumer is interested; use limits or workqueue"
+	case c.NoAck:
+		return "acknowledgements are off (no_ack), so no publish can be confirmed"
+	case c.MaxMsgsPerSubject > 0:
+		return fmt.Sprintf("max_msgs_per_subject %d drops stored events of the same type", c.MaxMsgsPerSubject)
+	case c.Duplicates < p.cfg.Tolerance:
+		return fmt.Sprintf("its duplicate window %s is shorter than RELAY_SIGNATURE_TOLERANCE %s, so a replay inside the tolerance is stored twice", c.Duplicates, p.cfg.Tolerance)
+	case c.Sealed:
+		return "it is sealed"
+	case c.Mirror != nil:
+		return "it is a mirror, which takes no publishes"
+	}
+	return ""
 }
 
 // captures reports whether one of the stream subjects covers filter, for the
@@ -154,47 +282,69 @@ func captures(subjects []string, filter string) bool {
 }
 
 // Check reports why the publisher cannot publish now, or nil when it can:
-// connected and, in jetstream mode, the stream present.
-func (p *Publisher) Check(ctx context.Context) error {
+// connected and, in jetstream mode, the stream present and fit as Run last
+// found it. It does no I/O.
+func (p *Publisher) Check() error {
 	if !p.nc.IsConnected() {
 		return errors.New("nats not connected")
 	}
-	if p.cfg.Mode != ModeJetStream {
+	if !p.cfg.JetStream {
 		return nil
 	}
-	if _, err := p.js.Stream(ctx, p.cfg.Stream); err != nil {
-		return fmt.Errorf("stream %s: %w", p.cfg.Stream, err)
+	return p.StreamCheck()
+}
+
+// StreamCheck is the stream's part of Check: nil in core mode.
+func (p *Publisher) StreamCheck() error {
+	if !p.cfg.JetStream {
+		return nil
+	}
+	if err := p.streamErr.Load(); err != nil {
+		return *err
 	}
 	return nil
 }
 
-// MaxPayload is the largest message the connected server accepts, or 0 while
-// that is not known yet.
-func (p *Publisher) MaxPayload() int64 { return p.nc.MaxPayload() }
+// BodyLimit is the largest delivery body the bus accepts now: the
+// configured limit, lowered to the server's max_payload and the stream's
+// max_msg_size, each less HeaderRoom, once they are known.
+func (p *Publisher) BodyLimit() int64 {
+	limit := p.cfg.MaxBodyBytes
+	if mp := p.nc.MaxPayload() - HeaderRoom; mp > 0 && mp < limit {
+		limit = mp
+	}
+	if ms := p.streamMaxSize.Load() - HeaderRoom; ms > 0 && ms < limit {
+		limit = ms
+	}
+	return limit
+}
 
-// Publish puts m on <prefix>.<m.Type>. It returns nil only once the message is
-// stored by JetStream (jetstream mode) or received by the server (core mode).
-// On error nothing can be promised: the caller answers 503 and Datagrid
+// Publish puts m on its subject. It returns nil only once the message is
+// stored by JetStream (jetstream mode) or received by the server (core
+// mode). An error wrapping ErrTooLarge will never succeed; after any other
+// error nothing can be promised: the caller answers 503 and Datagrid
 // retries, which the duplicate window absorbs if the message was stored
 // after all.
 func (p *Publisher) Publish(ctx context.Context, m Message) (Result, error) {
-	msg := &nats.Msg{
-		Subject: p.cfg.SubjectPrefix + "." + m.Type,
-		Data:    m.Body,
-		Header:  make(nats.Header, 9),
-	}
+	msg := &nats.Msg{Data: m.Body, Header: make(nats.Header, 9)}
 	h := msg.Header
 	h[jetstream.MsgIDHeader] = []string{m.ID}
-	h[HeaderContentType] = []string{"application/json"}
-	h[HeaderCESpecVersion] = []string{"1.0"}
-	h[HeaderCEID] = []string{m.ID}
-	h[HeaderCEType] = []string{m.Type}
-	h[HeaderCESource] = []string{p.cfg.Source}
-	if !m.Time.IsZero() {
-		h[HeaderCETime] = []string{m.Time.UTC().Format(time.RFC3339)}
-	}
 	if m.WebhookID != "" {
 		h[HeaderWebhookID] = []string{m.WebhookID}
+	}
+	if m.Quarantine != "" {
+		msg.Subject = p.cfg.SubjectPrefix + "." + QuarantineToken
+		h[HeaderQuarantineReason] = []string{m.Quarantine}
+	} else {
+		msg.Subject = p.cfg.SubjectPrefix + "." + m.Type
+		h[HeaderContentType] = []string{"application/json"}
+		h[HeaderCESpecVersion] = []string{"1.0"}
+		h[HeaderCEID] = []string{m.ID}
+		h[HeaderCEType] = []string{m.Type}
+		h[HeaderCESource] = []string{p.cfg.Source}
+		if !m.Time.IsZero() {
+			h[HeaderCETime] = []string{m.Time.UTC().Format(time.RFC3339)}
+		}
 	}
 
 	start := time.Now()
@@ -209,18 +359,42 @@ func (p *Publisher) Publish(ctx context.Context, m Message) (Result, error) {
 }
 
 func (p *Publisher) send(ctx context.Context, msg *nats.Msg) (Result, error) {
-	if p.cfg.Mode != ModeJetStream {
+	if !p.cfg.JetStream {
 		if err := p.nc.PublishMsg(msg); err != nil {
-			return Result{}, fmt.Errorf("publish: %w", err)
+			return Result{}, classify(fmt.Errorf("publish: %w", err))
 		}
 		if err := p.nc.FlushWithContext(ctx); err != nil {
 			return Result{}, fmt.Errorf("flush: %w", err)
 		}
 		return Result{}, nil
 	}
+	if err := p.StreamCheck(); err != nil {
+		return Result{}, fmt.Errorf("stream %s not ready: %w", p.cfg.Stream, err)
+	}
 	ack, err := p.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(p.cfg.Stream))
 	if err != nil {
-		return Result{}, fmt.Errorf("publish to stream %s: %w", p.cfg.Stream, err)
+		if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, jetstream.ErrStreamNotFound) {
+			p.Recheck() // deleted behind our back? Run finds out and recreates it
+		}
+		return Result{}, classify(fmt.Errorf("publish to stream %s: %w", p.cfg.Stream, err))
 	}
 	return Result{Duplicate: ack.Duplicate, Sequence: ack.Sequence}, nil
+}
+
+// Recheck asks Run to check the stream now (within its floor).
+func (p *Publisher) Recheck() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+// classify marks the errors no retry can cure.
+func classify(err error) error {
+	var apiErr *jetstream.APIError
+	if errors.Is(err, nats.ErrMaxPayload) ||
+		(errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamMessageExceedsMaximum) {
+		return fmt.Errorf("%w: %w", ErrTooLarge, err)
+	}
+	return err
 }

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/datagrid-relay/relay/internal/ingress"
+	"github.com/datagrid-relay/relay/internal/signature"
 )
 
 // Envelope is a realistic delivery body for event id and type.
@@ -30,18 +30,18 @@ type Response struct {
 
 // Post sends body to url signed with secret now, as Datagrid does.
 func Post(url, secret string, body []byte) (Response, error) {
-	return Send(http.MethodPost, url, ingress.Sign([]byte(secret), time.Now().Unix(), body), body)
+	return Send(http.MethodPost, url, signature.Sign([]byte(secret), time.Now().Unix(), body), body)
 }
 
 // Send sends body with the given signature header (none when empty).
-func Send(method, url, signature string, body []byte) (Response, error) {
+func Send(method, url, sig string, body []byte) (Response, error) {
 	req, err := http.NewRequest(method, url, bytes.NewReader(body))
 	if err != nil {
 		return Response{}, err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	if signature != "" {
-		req.Header.Set(ingress.SignatureHeader, signature)
+	if sig != "" {
+		req.Header.Set(signature.Header, sig)
 	}
 	return do(req)
 }

@@ -13,7 +13,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/datagrid-relay/relay/internal/ingress"
+	"github.com/datagrid-relay/relay/internal/signature"
 )
 
 // Send posts body to url signed with secret at signedAt, as Datagrid
@@ -26,7 +26,7 @@ func Send(ctx context.Context, url, secret string, body []byte, signedAt time.Ti
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", "datagrid-relay-sample")
-	req.Header.Set(ingress.SignatureHeader, ingress.Sign([]byte(secret), signedAt.Unix(), body))
+	req.Header.Set(signature.Header, signature.Sign([]byte(secret), signedAt.Unix(), body))
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return 0, "", err

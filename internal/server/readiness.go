@@ -3,41 +3,72 @@ package server
 import (
 	"context"
 	"errors"
-	"sync"
 	"sync/atomic"
+	"time"
+
+	"github.com/datagrid-relay/relay/internal/metrics"
 )
 
-// readiness answers /readyz: every check must pass, and the relay must not
-// be shutting down.
+// readiness answers /readyz and exports the same answer as
+// datagrid_relay_ready and datagrid_relay_ready_check{check}: every check
+// must pass, and the relay must not be shutting down. Checks are cheap and
+// do no I/O (they read what the background loops found), so they run on
+// every /readyz and every second for the gauges. Checks are added before
+// the relay serves; add is not safe for concurrent use.
 type readiness struct {
 	stopping atomic.Bool
-	mu       sync.Mutex
 	checks   []namedCheck
+	m        *metrics.Metrics
 }
 
 type namedCheck struct {
 	name string
-	fn   func(context.Context) error
+	fn   func() error
 }
 
-func (r *readiness) add(name string, fn func(context.Context) error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
+func newReadiness(m *metrics.Metrics) *readiness { return &readiness{m: m} }
+
+func (r *readiness) add(name string, fn func() error) {
 	r.checks = append(r.checks, namedCheck{name, fn})
+	r.m.ReadyCheck.WithLabelValues(name)
 }
 
-// check returns the first reason the relay is not ready, or nil.
-func (r *readiness) check(ctx context.Context) error {
+// observe runs every check, sets the gauges and returns the first reason
+// the relay is not ready, or nil.
+func (r *readiness) observe() error {
+	var first error
 	if r.stopping.Load() {
-		return errors.New("shutting down")
+		first = errors.New("shutting down")
 	}
-	r.mu.Lock()
-	checks := r.checks
-	r.mu.Unlock()
-	for _, c := range checks {
-		if err := c.fn(ctx); err != nil {
-			return errors.New(c.name + ": " + err.Error())
+	for _, c := range r.checks {
+		err := c.fn()
+		ok := 1.0
+		if err != nil {
+			ok = 0
+			if first == nil {
+				first = errors.New(c.name + ": " + err.Error())
+			}
+		}
+		r.m.ReadyCheck.WithLabelValues(c.name).Set(ok)
+	}
+	if first != nil {
+		r.m.Ready.Set(0)
+	} else {
+		r.m.Ready.Set(1)
+	}
+	return first
+}
+
+// run keeps the gauges current until ctx ends.
+func (r *readiness) run(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		_ = r.observe()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
 		}
 	}
-	return nil
 }

@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
@@ -121,16 +120,12 @@ func (g *registering) registrar(grace time.Duration) *bootstrap.Registrar {
 	if err != nil {
 		g.t.Fatal(err)
 	}
-	nc, err := nats.Connect(g.nats)
+	parts, err := server.Build(cfg, "test", zap.NewNop(), metrics.New(prometheus.NewRegistry(), metrics.BuildInfo{}))
 	if err != nil {
 		g.t.Fatal(err)
 	}
-	g.t.Cleanup(nc.Close)
-	reg, err := server.NewRegistrar(cfg, nc, "test", zap.NewNop(), metrics.New(prometheus.NewRegistry(), metrics.BuildInfo{}))
-	if err != nil {
-		g.t.Fatal(err)
-	}
-	return reg
+	g.t.Cleanup(parts.Conn.Close)
+	return parts.Registrar
 }
 
 func deliver(t *testing.T, r *relay, secret, id string) relaytest.Response {
@@ -165,8 +160,8 @@ func TestFirstStartRegistersOnce(t *testing.T) {
 			for _, e := range req.Body["events"].([]any) {
 				events = append(events, e.(string))
 			}
-			if !slices.Equal(events, event.Known) {
-				t.Errorf("create events: got %v, want %v", events, event.Known)
+			if !slices.Equal(events, event.Known()) {
+				t.Errorf("create events: got %v, want %v", events, event.Known())
 			}
 		}
 	}
@@ -267,7 +262,7 @@ func TestDriftIsRepaired(t *testing.T) {
 		g.api.SetEvents(id, []string{"batch_prediction.failed"})
 		relaytest.WaitFor(t, 10*time.Second, "the events to be restored", func() bool {
 			wh, ok := g.api.Webhook(id)
-			return ok && len(wh.Events) == len(event.Known)
+			return ok && len(wh.Events) == len(event.Known())
 		})
 	})
 	t.Run("deleted", func(t *testing.T) {
@@ -352,7 +347,7 @@ func TestUnreachableAPI(t *testing.T) {
 		r := g.start()
 		relaytest.WaitFor(t, 10*time.Second, "readyz to name the registration", func() bool {
 			resp, _ := relaytest.Get(r.admin + "/readyz")
-			return resp.Status == 503 && strings.Contains(resp.Body, "registration: no signing secret known yet")
+			return resp.Status == 503 && strings.Contains(resp.Body, "signing_secret: no signing secret known yet")
 		})
 		if resp := deliver(t, r, "whsec_anything", "evt_unreachable"); resp.Status != 503 {
 			t.Fatalf("delivery: got %d, want 503", resp.Status)
@@ -481,8 +476,8 @@ func TestDeregisterLeavesNothing(t *testing.T) {
 	if _, ok := g.api.Webhook(unrelated); !ok {
 		t.Fatal("deregister deleted an unrelated webhook")
 	}
-	if _, err := reg.State(context.Background()); !errors.Is(err, bootstrap.ErrNoState) {
-		t.Fatalf("state after deregister: got %v, want ErrNoState", err)
+	if st, err := reg.State(context.Background()); err != nil || st.Deregistered == nil || st.Secret != "" || st.Previous != nil {
+		t.Fatalf("state after deregister: got %s, %v; want the uninstall marker and no secret", st.Summary(), err)
 	}
 	// The running relay notices, refuses deliveries and does not register
 	// again while reconciles go on.
@@ -508,8 +503,14 @@ func TestDeregisterLeavesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if hist, err := kv.History(context.Background(), "registration"); err == nil && len(hist) > 0 && len(hist[len(hist)-1].Value()) > 0 {
-		t.Fatalf("registration history still holds %d entries with values", len(hist))
+	hist, err := kv.History(context.Background(), "registration")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range hist {
+		if strings.Contains(string(e.Value()), "whsec_") || !strings.Contains(string(e.Value()), `"deregistered"`) {
+			t.Fatalf("registration history holds %s; want only the marker, without secrets", e.Value())
+		}
 	}
 }
 

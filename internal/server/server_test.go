@@ -19,10 +19,10 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/datagrid-relay/relay/internal/config"
-	"github.com/datagrid-relay/relay/internal/ingress"
 	"github.com/datagrid-relay/relay/internal/natstest"
 	"github.com/datagrid-relay/relay/internal/relaytest"
 	"github.com/datagrid-relay/relay/internal/server"
+	"github.com/datagrid-relay/relay/internal/signature"
 )
 
 const secret = "whsec_server_test_secret"
@@ -249,7 +249,7 @@ func TestAdoptsExistingStreamWithoutChangingIt(t *testing.T) {
 	ns := natstest.Start(t, nil)
 	js := natstest.JetStream(t, ns.ClientURL())
 	ctx := context.Background()
-	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "DATAGRID", Subjects: []string{"datagrid.>"}, MaxMsgs: 1000, Duplicates: time.Minute}); err != nil {
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "DATAGRID", Subjects: []string{"datagrid.>"}, MaxMsgs: 1000, Duplicates: 10 * time.Minute}); err != nil {
 		t.Fatal(err)
 	}
 	var logs logBuffer
@@ -257,11 +257,11 @@ func TestAdoptsExistingStreamWithoutChangingIt(t *testing.T) {
 	relaytest.WaitStatus(t, 10*time.Second, r.admin+"/readyz", 200)
 	s, _ := js.Stream(ctx, "DATAGRID")
 	info, _ := s.Info(ctx)
-	if info.Config.MaxMsgs != 1000 || info.Config.Duplicates != time.Minute {
-		t.Fatalf("stream changed: got MaxMsgs %d Duplicates %s, want 1000 and 1m", info.Config.MaxMsgs, info.Config.Duplicates)
+	if info.Config.MaxMsgs != 1000 || info.Config.Duplicates != 10*time.Minute {
+		t.Fatalf("stream changed: got MaxMsgs %d Duplicates %s, want 1000 and 10m", info.Config.MaxMsgs, info.Config.Duplicates)
 	}
 	relaytest.WaitFor(t, 5*time.Second, "a warning about the short duplicate window", func() bool {
-		return strings.Contains(logs.String(), "duplicate window of 1m0s")
+		return strings.Contains(logs.String(), "duplicate window of 10m0s")
 	})
 }
 
@@ -275,7 +275,7 @@ func TestStreamThatDoesNotCaptureTheSubjectsIsReported(t *testing.T) {
 	got := relaytest.WaitStatus(t, 10*time.Second, r.admin+"/readyz", 503)
 	relaytest.WaitFor(t, 10*time.Second, "readyz to name the mismatch", func() bool {
 		got, _ = relaytest.Get(r.admin + "/readyz")
-		return strings.Contains(got.Body, "does not capture")
+		return strings.Contains(got.Body, "do not capture")
 	})
 	resp, _ := relaytest.Post(r.delivery, secret, relaytest.Envelope("evt_x", "batch_prediction.completed"))
 	if resp.Status != 503 {
@@ -320,7 +320,7 @@ func TestShutdownFinishesInFlightDeliveries(t *testing.T) {
 		t.Fatal(err)
 	}
 	req.ContentLength = int64(len(body))
-	req.Header.Set(ingress.SignatureHeader, ingress.Sign([]byte(secret), time.Now().Unix(), body))
+	req.Header.Set(signature.Header, signature.Sign([]byte(secret), time.Now().Unix(), body))
 	answered := make(chan int, 1)
 	go func() {
 		resp, err := http.DefaultClient.Do(req)

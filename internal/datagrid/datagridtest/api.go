@@ -363,7 +363,7 @@ func (s *Server) handleActive(q url.Values) answer {
 	if et == "" {
 		return problem(http.StatusBadRequest, "event_type is required")
 	}
-	if !slices.Contains(event.Known, et) {
+	if !slices.Contains(event.Known(), et) {
 		return problem(statusInvalid, fmt.Sprintf("unknown event type %q", et))
 	}
 	s.mu.Lock()
@@ -408,8 +408,8 @@ func checkEvents(events []string) []string {
 	}
 	var problems []string
 	for i, e := range events {
-		if !slices.Contains(event.Known, e) {
-			problems = append(problems, fmt.Sprintf("events[%d]: unknown event type %q; known types are %s", i, e, strings.Join(event.Known, ", ")))
+		if !slices.Contains(event.Known(), e) {
+			problems = append(problems, fmt.Sprintf("events[%d]: unknown event type %q; known types are %s", i, e, strings.Join(event.Known(), ", ")))
 		}
 	}
 	return problems

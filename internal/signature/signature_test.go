@@ -1,4 +1,4 @@
-package ingress
+package signature
 
 import (
 	"errors"
@@ -27,15 +27,15 @@ func TestSignMatchesWorkedExample(t *testing.T) {
 }
 
 func TestVerify(t *testing.T) {
-	secret := [][]byte{[]byte(vectorSecret)}
-	other := []byte("whsec_other")
+	secret := []Secret{{Key: []byte(vectorSecret)}}
+	other := Secret{Key: []byte("whsec_other")}
 	wrong := strings.Repeat("0", 64)
 	tol := 5 * time.Minute
 	tests := []struct {
 		name    string
 		header  string
 		body    string
-		secrets [][]byte
+		secrets []Secret
 		now     time.Time
 		want    error
 	}{
@@ -44,7 +44,7 @@ func TestVerify(t *testing.T) {
 		{"unknown keys tolerated", "t=1775847600,v0=abc,scheme=x,v1=" + vectorSig + ",v2=zz", vectorBody, secret, vectorNow, nil},
 		{"v1 first", "v1=" + vectorSig + ",t=1775847600", vectorBody, secret, vectorNow, nil},
 		{"second of two v1 matches", "t=1775847600,v1=" + wrong + ",v1=" + vectorSig, vectorBody, secret, vectorNow, nil},
-		{"second of two secrets matches", "t=1775847600,v1=" + vectorSig, vectorBody, [][]byte{other, []byte(vectorSecret)}, vectorNow, nil},
+		{"second of two secrets matches", "t=1775847600,v1=" + vectorSig, vectorBody, []Secret{other, {Key: []byte(vectorSecret)}}, vectorNow, nil},
 		{"uppercase hex accepted", "t=1775847600,v1=" + strings.ToUpper(vectorSig), vectorBody, secret, vectorNow, nil},
 		{"entry without = tolerated", "t=1775847600,junk,v1=" + vectorSig, vectorBody, secret, vectorNow, nil},
 		{"at the tolerance, past", "t=1775847600,v1=" + vectorSig, vectorBody, secret, vectorNow.Add(tol), nil},
@@ -73,7 +73,7 @@ func TestVerify(t *testing.T) {
 		{"before the tolerance", "t=1775847600,v1=" + vectorSig, vectorBody, secret, vectorNow.Add(-tol - time.Second), ErrStaleTimestamp},
 
 		{"wrong signature", "t=1775847600,v1=" + wrong, vectorBody, secret, vectorNow, ErrSignatureInvalid},
-		{"unknown secret", "t=1775847600,v1=" + vectorSig, vectorBody, [][]byte{other}, vectorNow, ErrSignatureInvalid},
+		{"unknown secret", "t=1775847600,v1=" + vectorSig, vectorBody, []Secret{other}, vectorNow, ErrSignatureInvalid},
 		{"no secrets", "t=1775847600,v1=" + vectorSig, vectorBody, nil, vectorNow, ErrSignatureInvalid},
 		{"body changed by one byte", "t=1775847600,v1=" + vectorSig, strings.Replace(vectorBody, "evt_1", "evt_2", 1), secret, vectorNow, ErrSignatureInvalid},
 		{"body with trailing newline", "t=1775847600,v1=" + vectorSig, vectorBody + "\n", secret, vectorNow, ErrSignatureInvalid},
@@ -82,7 +82,7 @@ func TestVerify(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := Verify(tt.header, []byte(tt.body), tt.secrets, tt.now, tol)
+			err := verify([]string{tt.header}, []byte(tt.body), tt.secrets, tt.now, tol)
 			if !errors.Is(err, tt.want) || (tt.want == nil && err != nil) {
 				t.Fatalf("got %v, want %v", err, tt.want)
 			}
@@ -90,18 +90,67 @@ func TestVerify(t *testing.T) {
 	}
 }
 
-func TestVerifyLimitsSignaturesExamined(t *testing.T) {
-	// The matching entry sits past maxSignatures: it is not examined, so a
-	// header cannot make one request cost unbounded HMAC comparisons.
-	h := "t=1775847600" + strings.Repeat(",v1="+strings.Repeat("0", 64), maxSignatures) + ",v1=" + vectorSig
-	err := Verify(h, []byte(vectorBody), [][]byte{[]byte(vectorSecret)}, vectorNow, time.Minute)
-	if !errors.Is(err, ErrSignatureInvalid) {
-		t.Fatalf("got %v, want %v", err, ErrSignatureInvalid)
+// verify is Parse then Verify, as the delivery handler uses them.
+func verify(lines []string, body []byte, secrets []Secret, now time.Time, tol time.Duration) error {
+	s, err := Parse(lines, now, tol)
+	if err != nil {
+		return err
+	}
+	_, err = s.Verify(body, secrets)
+	return err
+}
+
+func TestEveryV1OfEveryLineCounts(t *testing.T) {
+	secret := []Secret{{Key: []byte(vectorSecret), WebhookID: "wh_1"}}
+	junk := strings.Repeat(",v1="+strings.Repeat("0", 64), 40)
+	tests := []struct {
+		name  string
+		lines []string
+	}{
+		// Defect: a valid v1 after 8 other entries was refused.
+		{"valid v1 after 40 others", []string{"t=1775847600" + junk + ",v1=" + vectorSig}},
+		// Defect: only the first Datagrid-Signature line was read.
+		{"valid v1 on a second line", []string{"t=1775847600,v1=" + strings.Repeat("1", 64), "v1=" + vectorSig}},
+		{"t on the second line", []string{"v1=" + vectorSig, "t=1775847600"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := Parse(tt.lines, vectorNow, time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := s.Verify([]byte(vectorBody), secret)
+			if err != nil || got.WebhookID != "wh_1" {
+				t.Fatalf("got %+v, %v; want the secret of wh_1", got, err)
+			}
+		})
+	}
+}
+
+func TestParseRefuses(t *testing.T) {
+	tests := []struct {
+		name  string
+		lines []string
+		want  error
+	}{
+		{"no line", nil, ErrNoSignature},
+		{"blank lines", []string{" ", ""}, ErrNoSignature},
+		{"t on two lines", []string{"t=1775847600,v1=" + vectorSig, "t=1775847600"}, ErrMalformed},
+		{"header over the size bound", []string{"t=1775847600,v1=" + vectorSig + strings.Repeat(",x=y", MaxHeaderBytes/4)}, ErrTooLarge},
+		{"lines over the size bound together", []string{strings.Repeat("x", MaxHeaderBytes/2), strings.Repeat("x", MaxHeaderBytes/2), "t=1775847600,v1=" + vectorSig}, ErrTooLarge},
+		{"t far in the future", []string{"t=9223372036854775807,v1=" + vectorSig}, ErrStaleTimestamp},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := Parse(tt.lines, vectorNow, time.Minute); !errors.Is(err, tt.want) {
+				t.Fatalf("got %v, want %v", err, tt.want)
+			}
+		})
 	}
 }
 
 func TestVerifyErrorsNeverCarrySecretsOrSignatures(t *testing.T) {
-	for _, err := range []error{ErrNoSignature, ErrMalformed, ErrStaleTimestamp, ErrSignatureInvalid} {
+	for _, err := range []error{ErrNoSignature, ErrMalformed, ErrTooLarge, ErrStaleTimestamp, ErrSignatureInvalid} {
 		if strings.Contains(err.Error(), vectorSecret) || strings.Contains(err.Error(), vectorSig) {
 			t.Fatalf("error %q leaks a secret or signature", err)
 		}
@@ -114,25 +163,26 @@ func FuzzParseHeader(f *testing.F) {
 	f.Add("t=,v1=")
 	f.Add(",,,=,=")
 	f.Fuzz(func(t *testing.T, h string) {
-		p, err := parseHeader(h)
+		p, err := Parse([]string{h}, time.Unix(1775847600, 0), 100*365*24*time.Hour)
 		if err != nil {
 			return
 		}
-		if p.t <= 0 || p.ts == "" || len(p.sigs) == 0 || len(p.sigs) > maxSignatures {
+		if p.t <= 0 || p.ts == "" || len(p.sigs) == 0 || len(h) > MaxHeaderBytes {
 			t.Fatalf("accepted %q as %+v", h, p)
 		}
-		// Whatever parses must round-trip through Verify without panicking.
-		_ = Verify(h, []byte("{}"), [][]byte{[]byte("k")}, time.Unix(p.t, 0), time.Minute)
+		// Whatever parses must go through Verify without panicking.
+		_, _ = p.Verify([]byte("{}"), []Secret{{Key: []byte("k")}})
 	})
 }
 
 func BenchmarkVerify(b *testing.B) {
 	header := Sign([]byte(vectorSecret), vectorT, []byte(vectorBody))
 	body := []byte(vectorBody)
-	secrets := [][]byte{[]byte(vectorSecret)}
+	secrets := []Secret{{Key: []byte(vectorSecret)}}
+	lines := []string{header}
 	b.ReportAllocs()
 	for b.Loop() {
-		if err := Verify(header, body, secrets, vectorNow, time.Minute); err != nil {
+		if err := verify(lines, body, secrets, vectorNow, time.Minute); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -1,0 +1,88 @@
+package signature
+
+import (
+	"sync/atomic"
+	"time"
+)
+
+// Secret is one signing secret and the Datagrid webhook it belongs to
+// (empty when unknown, as for secrets given by hand).
+type Secret struct {
+	Key       []byte
+	WebhookID string
+}
+
+// Keyring hands out the secrets accepted right now. Accepted is called once
+// per delivery: implementations are cheap and safe for concurrent use.
+type Keyring interface {
+	Accepted() []Secret
+}
+
+// Static is a Keyring that never changes: secrets given by hand.
+type Static []Secret
+
+// NewStatic returns the Static keyring of the given secrets.
+func NewStatic(secrets []string) Static {
+	s := make(Static, 0, len(secrets))
+	for _, k := range secrets {
+		s = append(s, Secret{Key: []byte(k)})
+	}
+	return s
+}
+
+// Accepted returns s.
+func (s Static) Accepted() []Secret { return s }
+
+// Rotating is the Keyring of a managed registration: the current secret
+// and, during a rotation's grace period, the previous one. Accepted is
+// lock-free and allocation-free; Set and Clear replace the whole set at
+// once.
+type Rotating struct {
+	now  func() time.Time
+	snap atomic.Pointer[rotatingSnapshot]
+}
+
+type rotatingSnapshot struct {
+	withPrevious  []Secret // until previousUntil
+	current       []Secret // after it
+	previousUntil time.Time
+}
+
+// NewRotating returns an empty keyring reading the clock with now
+// (time.Now when nil).
+func NewRotating(now func() time.Time) *Rotating {
+	if now == nil {
+		now = time.Now
+	}
+	k := &Rotating{now: now}
+	k.snap.Store(&rotatingSnapshot{})
+	return k
+}
+
+// Accepted returns the secrets accepted now.
+func (k *Rotating) Accepted() []Secret {
+	s := k.snap.Load()
+	if !s.previousUntil.IsZero() && k.now().Before(s.previousUntil) {
+		return s.withPrevious
+	}
+	return s.current
+}
+
+// Set makes current, and previous until previousUntil (when previous has a
+// key), the accepted secrets.
+func (k *Rotating) Set(current, previous Secret, previousUntil time.Time) {
+	cur := []Secret{current}
+	s := &rotatingSnapshot{current: cur, withPrevious: cur}
+	if len(previous.Key) > 0 {
+		s.withPrevious = []Secret{current, previous}
+		s.previousUntil = previousUntil
+	}
+	k.snap.Store(s)
+}
+
+// Clear accepts no secret at all.
+func (k *Rotating) Clear() { k.snap.Store(&rotatingSnapshot{}) }
+
+// PreviousUntil is when the previous secret stops being accepted (zero when
+// there is none).
+func (k *Rotating) PreviousUntil() time.Time { return k.snap.Load().previousUntil }
