@@ -447,16 +447,9 @@ func (r *Registrar) Reconcile(ctx context.Context) (Outcome, error) {
 		}
 		st = next
 	}
-	if p := st.Previous; p != nil && !r.now().Before(p.ExpiresAt) {
-		next := st
-		next.Previous, next.UpdatedAt = nil, r.now()
-		if _, err := r.store.Put(ctx, next, rev); err != nil { // the state first: a conflict deletes nothing
-			return "", err
-		}
-		if err := r.deleteWebhook(ctx, p.WebhookID); err != nil {
-			return "", err
-		}
-		r.log.Info("rotation grace over: previous webhook deleted", zap.String("webhook_id", p.WebhookID))
+	if expired, err := r.expirePrevious(ctx, st, rev); err != nil {
+		return "", err
+	} else if expired {
 		outcome = ReconcileRepaired
 	}
 	removed, err := r.removeStrays(ctx)
@@ -467,6 +460,26 @@ func (r *Registrar) Reconcile(ctx context.Context) (Outcome, error) {
 		outcome = ReconcileRepaired
 	}
 	return outcome, nil
+}
+
+// expirePrevious forgets a rotated-out webhook whose grace period is over,
+// then deletes it at Datagrid: the state first, so that a conflict (the
+// state moved on meanwhile) deletes nothing.
+func (r *Registrar) expirePrevious(ctx context.Context, st State, rev uint64) (bool, error) {
+	p := st.Previous
+	if p == nil || r.now().Before(p.ExpiresAt) {
+		return false, nil
+	}
+	next := st
+	next.Previous, next.UpdatedAt = nil, r.now()
+	if _, err := r.store.Put(ctx, next, rev); err != nil {
+		return false, err
+	}
+	if err := r.deleteWebhook(ctx, p.WebhookID); err != nil {
+		return false, err
+	}
+	r.log.Info("rotation grace over: previous webhook deleted", zap.String("webhook_id", p.WebhookID))
+	return true, nil
 }
 
 type loaded struct {

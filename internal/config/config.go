@@ -203,6 +203,9 @@ func (c Config) DeliveryPath() string {
 	return u.Path
 }
 
+// validate is one flat list of independent checks, in the order of the
+// variables: long, but each check reads on its own and splitting it would
+// only scatter them.
 func (c Config) validate(environ map[string]string, unparsed map[string]bool) []string {
 	var p []string
 	bad := func(name, allowed string) {

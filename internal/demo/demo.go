@@ -25,6 +25,7 @@ import (
 
 	"github.com/datagrid-relay/relay/internal/config"
 	"github.com/datagrid-relay/relay/internal/datagrid/datagridtest"
+	"github.com/datagrid-relay/relay/internal/embedded"
 	"github.com/datagrid-relay/relay/internal/logging"
 	"github.com/datagrid-relay/relay/internal/metrics"
 	"github.com/datagrid-relay/relay/internal/server"
@@ -55,7 +56,8 @@ type Options struct {
 // Run runs the demo until ctx ends or Events events were relayed. It
 // prints for people on stdout and the relay's warnings on stderr, and
 // leaves nothing behind: the NATS store is a temporary directory removed on
-// the way out.
+// the way out. It reads top to bottom in numbered steps, like the delivery
+// handler, which is why it is long.
 func Run(ctx context.Context, o Options, stdout, stderr io.Writer) (err error) {
 	if o.Rate <= 0 {
 		return errors.New("--rate must be above 0")
@@ -186,19 +188,9 @@ func startNATS(addr, dir string) (*natsserver.Server, error) {
 			return nil, fmt.Errorf("--nats %q: want host:port", addr)
 		}
 	}
-	ns, err := natsserver.NewServer(&natsserver.Options{
-		ServerName: "relay-demo", Host: host, Port: port,
-		JetStream: true, StoreDir: dir, NoLog: true, NoSigs: true,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("embedded nats server: %w", err)
-	}
-	ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		ns.Shutdown()
-		return nil, errors.New("embedded nats server not ready within 10s")
-	}
-	return ns, nil
+	opts := embedded.Options(host, port, dir)
+	opts.ServerName = "relay-demo"
+	return embedded.Start(opts)
 }
 
 func orLoopback(addr string) string {

@@ -117,6 +117,9 @@ type rejection struct {
 	outcome Outcome
 }
 
+// ServeHTTP is the delivery, top to bottom in numbered steps, each a leaf
+// call; it is long on purpose, so that the order of checks the contract
+// fixes can be read in one place.
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	m := h.cfg.Metrics

@@ -60,7 +60,8 @@ type Metrics struct {
 }
 
 // New creates the metrics and registers them, with the Go and process
-// collectors and datagrid_relay_build_info, on reg.
+// collectors and datagrid_relay_build_info, on reg. It is a list of
+// declarations, long by nature.
 func New(reg prometheus.Registerer, info BuildInfo) *Metrics {
 	m := &Metrics{
 		Deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{

@@ -13,19 +13,14 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/datagrid-relay/relay/internal/embedded"
 )
 
 // Options returns server options for one JetStream server on a random
 // loopback port, storing in dir.
 func Options(dir string) *server.Options {
-	return &server.Options{
-		Host:      "127.0.0.1",
-		Port:      server.RANDOM_PORT,
-		JetStream: true,
-		StoreDir:  dir,
-		NoLog:     true,
-		NoSigs:    true,
-	}
+	return embedded.Options("127.0.0.1", server.RANDOM_PORT, dir)
 }
 
 // Start runs a server with opts (Options(t.TempDir()) when nil) and shuts
@@ -35,14 +30,9 @@ func Start(t testing.TB, opts *server.Options) *server.Server {
 	if opts == nil {
 		opts = Options(t.TempDir())
 	}
-	s, err := server.NewServer(opts)
+	s, err := embedded.Start(opts)
 	if err != nil {
-		t.Fatalf("nats server: %v", err)
-	}
-	s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		s.Shutdown()
-		t.Fatal("nats server not ready within 10s")
+		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		s.Shutdown()

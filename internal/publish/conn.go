@@ -29,7 +29,8 @@ type ConnConfig struct {
 	ReconnectWait time.Duration
 }
 
-// Connect opens a NATS connection that reconnects forever and never buffers
+// Connect (a list of options, long by nature) opens a NATS connection that
+// reconnects forever and never buffers
 // publishes while disconnected: a publish then fails at once, so a delivery
 // is answered 503 instead of 2xx for a message that is not yet stored.
 // Connection events are logged and counted. If no server answers yet,

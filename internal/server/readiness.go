@@ -26,7 +26,19 @@ type namedCheck struct {
 	fn   func() error
 }
 
-func newReadiness(m *metrics.Metrics) *readiness { return &readiness{m: m} }
+// newReadiness returns the readiness of the relay made of parts: NATS
+// connected, the stream fit (jetstream mode), a signing secret known.
+func newReadiness(m *metrics.Metrics, parts *Parts) *readiness {
+	r := &readiness{m: m}
+	r.add("nats", parts.Publisher.Check)
+	r.add("stream", parts.Publisher.StreamCheck)
+	if parts.Registrar != nil {
+		r.add("signing_secret", parts.Registrar.Check)
+	} else {
+		r.add("signing_secret", func() error { return nil }) // static secrets are always there
+	}
+	return r
+}
 
 func (r *readiness) add(name string, fn func() error) {
 	r.checks = append(r.checks, namedCheck{name, fn})

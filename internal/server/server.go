@@ -42,14 +42,7 @@ func Run(ctx context.Context, o Options) error {
 	}
 	defer parts.Conn.Close() // a no-op after shutdown
 
-	ready := newReadiness(m)
-	ready.add("nats", parts.Publisher.Check)
-	ready.add("stream", parts.Publisher.StreamCheck)
-	if parts.Registrar != nil {
-		ready.add("signing_secret", parts.Registrar.Check)
-	} else {
-		ready.add("signing_secret", func() error { return nil })
-	}
+	ready := newReadiness(m, parts)
 	public, admin := servers(cfg, log, o.Registry, ready, ingress.NewHandler(ingress.Config{
 		Keyring: parts.Keyring, Publisher: parts.Publisher, Metrics: m, Log: log.Named("ingress"),
 		Tolerance: cfg.Tolerance, MaxInflightBytes: cfg.MaxInflight, PublishTimeout: cfg.PublishTimeout,
