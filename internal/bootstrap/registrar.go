@@ -349,9 +349,9 @@ func (r *Registrar) apply(st *State) {
 		var prev signature.Secret
 		var until time.Time
 		if p := st.Previous; p != nil && p.Secret != "" {
-			prev, until = signature.Secret{Key: []byte(p.Secret), WebhookID: p.WebhookID}, p.ExpiresAt
+			prev, until = signature.NewSecret([]byte(p.Secret), p.WebhookID), p.ExpiresAt
 		}
-		r.keys.Set(signature.Secret{Key: []byte(st.Secret), WebhookID: st.WebhookID}, prev, until)
+		r.keys.Set(signature.NewSecret([]byte(st.Secret), st.WebhookID), prev, until)
 		r.mu.Lock()
 		r.known = *st
 		r.known.Pending = nil

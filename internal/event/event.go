@@ -17,6 +17,16 @@ var known = [...]string{
 	"batch_prediction.cancelled",
 }
 
+// Intern returns the known event type spelled b, without allocating.
+func Intern(b []byte) (string, bool) {
+	for _, k := range known {
+		if string(b) == k { // compared in place, not converted
+			return k, true
+		}
+	}
+	return "", false
+}
+
 // Metric label values for event types that are not in Known.
 const (
 	// LabelOther counts a valid event type outside Known.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"sync"
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -45,37 +46,68 @@ func (b *budget) give(n int64) {
 // firstChunk is the buffer a body starts in: most deliveries fit.
 const firstChunk = 8 << 10
 
+// firstChunks recycles the first buffers of bodies: most deliveries need
+// nothing else.
+var firstChunks = sync.Pool{New: func() any { return new([firstChunk]byte) }}
+
+// lease is the memory one body holds: give it back with release.
+type lease struct {
+	b     *budget
+	held  int64
+	first *[firstChunk]byte // pooled, while in use
+}
+
+// release gives the memory back; the body's buffer may then be reused.
+func (l *lease) release() {
+	l.b.give(l.held)
+	l.held = 0
+	if l.first != nil {
+		firstChunks.Put(l.first)
+		l.first = nil
+	}
+}
+
+func (l *lease) grow(size int64) bool {
+	if !l.b.take(size) {
+		return false
+	}
+	l.held += size
+	return true
+}
+
 // read reads all of r, at most limit bytes, growing its buffer as bytes
-// arrive and taking each growth from the budget first. release gives the
-// memory back; call it (also on error) once the body is no longer used.
-func (b *budget) read(r io.Reader, limit int64) (body []byte, release func(), err error) {
-	var held int64
-	release = func() { b.give(held) }
-	grow := func(size int64) bool {
-		if !b.take(size) {
-			return false
-		}
-		held += size
-		return true
-	}
+// arrive and taking each growth from the budget first. Call l.release
+// (also on error) once the body is no longer used.
+func (b *budget) read(r io.Reader, limit int64, l *lease) (body []byte, err error) {
+	l.b = b
 	size := min(int64(firstChunk), limit+1) // +1: a body of exactly limit reads EOF without growing
-	if !grow(size) {
-		return nil, release, errOverBudget
+	if !l.grow(size) {
+		return nil, errOverBudget
 	}
-	buf := make([]byte, 0, size)
+	var buf []byte
+	if size == firstChunk {
+		l.first = firstChunks.Get().(*[firstChunk]byte)
+		buf = l.first[:0]
+	} else {
+		buf = make([]byte, 0, size)
+	}
 	for {
 		if int64(len(buf)) == int64(cap(buf)) {
 			if int64(len(buf)) > limit {
-				return nil, release, errTooLarge
+				return nil, errTooLarge
 			}
 			next := min(2*int64(cap(buf)), limit+1)
-			if !grow(next) { // the old buffer is held until the copy is done
-				return nil, release, errOverBudget
+			if !l.grow(next) { // the old buffer is held until the copy is done
+				return nil, errOverBudget
 			}
 			old := int64(cap(buf))
 			buf = append(make([]byte, 0, next), buf...)
 			b.give(old)
-			held -= old
+			l.held -= old
+			if l.first != nil {
+				firstChunks.Put(l.first)
+				l.first = nil
+			}
 		}
 		n, err := r.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
@@ -85,13 +117,13 @@ func (b *budget) read(r io.Reader, limit int64) (body []byte, release func(), er
 		if err != nil {
 			var mbe *http.MaxBytesError
 			if errors.As(err, &mbe) {
-				return nil, release, errTooLarge
+				return nil, errTooLarge
 			}
-			return nil, release, err
+			return nil, err
 		}
 	}
 	if int64(len(buf)) > limit {
-		return nil, release, errTooLarge
+		return nil, errTooLarge
 	}
-	return buf, release, nil
+	return buf, nil
 }

@@ -84,7 +84,7 @@ func parseEnvelope(body []byte) (envelope, error) {
 		return env, errNoEventType
 	}
 	id, okID := jsonString(raw[0])
-	et, okType := jsonString(raw[1])
+	et, okType := eventTypeString(raw[1])
 	switch {
 	case !okID || !okType:
 		return env, errBadFieldTypes
@@ -119,6 +119,17 @@ func noteKey(raw *[len(envelopeKeys)][]byte, rawKey, value []byte) error {
 		}
 	}
 	return nil
+}
+
+// eventTypeString is jsonString that hands out the known event types
+// without allocating.
+func eventTypeString(v []byte) (string, bool) {
+	if len(v) >= 2 && v[0] == '"' {
+		if known, ok := event.Intern(v[1 : len(v)-1]); ok {
+			return known, true
+		}
+	}
+	return jsonString(v)
 }
 
 // jsonString decodes a JSON string value; false when v is not a string.

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/datagrid-relay/relay/internal/event"
@@ -87,26 +88,39 @@ func NewHandler(cfg Config) http.Handler {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	for _, et := range event.Labels() { // every series exists before its first event
-		for _, o := range Outcomes() {
-			cfg.Metrics.Deliveries.WithLabelValues(et, string(o))
-		}
+	h := &handler{cfg: cfg, budget: newBudget(cfg.MaxInflightBytes, cfg.Metrics.InflightBytes),
+		answers: answersStored, counted: map[counterKey]prometheus.Counter{}, timed: map[Outcome]prometheus.Observer{}}
+	if !cfg.JetStream {
+		h.answers = answersPublished
 	}
+	// Every series exists before its first event, and is looked up once.
 	for _, o := range Outcomes() {
-		cfg.Metrics.DeliveryDuration.WithLabelValues(string(o))
+		for _, et := range event.Labels() {
+			h.counted[counterKey{et, o}] = cfg.Metrics.Deliveries.WithLabelValues(et, string(o))
+		}
+		h.timed[o] = cfg.Metrics.DeliveryDuration.WithLabelValues(string(o))
 	}
 	cfg.Metrics.InflightBudget.Set(float64(cfg.MaxInflightBytes))
-	answers := answersStored
-	if !cfg.JetStream {
-		answers = answersPublished
-	}
-	return &handler{cfg: cfg, budget: newBudget(cfg.MaxInflightBytes, cfg.Metrics.InflightBytes), answers: answers}
+	return h
 }
 
 type handler struct {
 	cfg     Config
 	budget  *budget
 	answers [3]string // new, duplicate, quarantined
+	counted map[counterKey]prometheus.Counter
+	timed   map[Outcome]prometheus.Observer
+}
+
+type counterKey struct {
+	eventLabel string
+	outcome    Outcome
+}
+
+// count records one answered delivery.
+func (h *handler) count(eventType string, o Outcome, start time.Time) {
+	h.counted[counterKey{event.Label(eventType), o}].Inc()
+	h.timed[o].Observe(time.Since(start).Seconds())
 }
 
 // rejection is a refused delivery: its status, the short reason sent back
@@ -127,7 +141,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer m.InFlight.Dec()
 
 	eventType, outcome := "", OutcomePublished
-	defer func() { m.Delivery(event.Label(eventType), string(outcome), time.Since(start).Seconds()) }()
+	defer func() { h.count(eventType, outcome, start) }()
 	reject := func(rj rejection, fields ...zap.Field) {
 		outcome = rj.outcome
 		h.refuse(w, r, rj, fields...)
@@ -158,8 +172,9 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	// 3. The body, within the limit in force and the memory budget.
 	limit := h.cfg.Publisher.BodyLimit()
-	body, release, err := h.budget.read(r.Body, limit)
-	defer release()
+	var held lease
+	body, err := h.budget.read(r.Body, limit, &held)
+	defer held.release()
 	switch {
 	case errors.Is(err, errTooLarge):
 		reject(rejection{http.StatusRequestEntityTooLarge, "body larger than " + strconv.FormatInt(limit, 10) + " bytes", OutcomeTooLarge})
@@ -221,7 +236,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	default:
 		m.LastPublished.SetToCurrentTime()
 	}
-	w.Header().Set("Content-Type", "application/json")
+	w.Header()["Content-Type"] = contentTypeJSON
 	w.WriteHeader(http.StatusOK)
 	_, _ = io.WriteString(w, answer)
 	if ce := h.cfg.Log.Check(zap.DebugLevel, "delivery relayed"); ce != nil {
@@ -263,9 +278,15 @@ func (h *handler) refuse(w http.ResponseWriter, r *http.Request, rj rejection, f
 	}
 }
 
+// Response header values, shared: net/http only reads them.
+var (
+	contentTypeJSON = []string{"application/json"}
+	noSniff         = []string{"nosniff"}
+)
+
 func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header()["Content-Type"] = contentTypeJSON
+	w.Header()["X-Content-Type-Options"] = noSniff
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
 }

@@ -104,7 +104,7 @@ func newFixture(t testing.TB, o fixtureOpts) *fixture {
 		}
 	}
 	if o.keys == nil {
-		o.keys = signature.Static{{Key: []byte(testSecret), WebhookID: o.webhookID}}
+		o.keys = signature.Static{signature.NewSecret([]byte(testSecret), o.webhookID)}
 	}
 	if o.pubTimeout == 0 {
 		o.pubTimeout = 2 * time.Second

@@ -230,10 +230,3 @@ func (m *Metrics) APIRequest(op string, status int, seconds float64) {
 	}
 	m.APIRequestDuration.WithLabelValues(op).Observe(seconds)
 }
-
-// Delivery counts one answered delivery, by its bounded event-type label
-// and its outcome, and its duration.
-func (m *Metrics) Delivery(eventLabel, outcome string, seconds float64) {
-	m.Deliveries.WithLabelValues(eventLabel, outcome).Inc()
-	m.DeliveryDuration.WithLabelValues(outcome).Observe(seconds)
-}

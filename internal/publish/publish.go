@@ -16,6 +16,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -112,6 +113,9 @@ type Publisher struct {
 	streamErr     atomic.Pointer[error] // nil pointer: the stream is fine
 	streamMaxSize atomic.Int64          // the stream's max_msg_size, 0 when unlimited
 	wake          chan struct{}
+
+	subjects  sync.Map // event type -> subject
+	subjectsN atomic.Int64
 }
 
 // New returns a Publisher on nc. It does no I/O: Run ensures the stream.
@@ -324,26 +328,40 @@ func (p *Publisher) BodyLimit() int64 {
 // mode). An error wrapping ErrTooLarge will never succeed; after any other
 // error nothing can be promised: the caller answers 503 and Datagrid
 // retries, which the duplicate window absorbs if the message was stored
-// after all.
+// after all. m.Body is not kept after Publish returns.
 func (p *Publisher) Publish(ctx context.Context, m Message) (Result, error) {
-	msg := &nats.Msg{Data: m.Body, Header: make(nats.Header, 9)}
-	h := msg.Header
-	h[jetstream.MsgIDHeader] = []string{m.ID}
+	o := outgoing.Get().(*outMsg)
+	defer o.release()
+	msg, h, v := &o.msg, o.msg.Header, &o.vals
+	msg.Data = m.Body
+	v[0] = m.ID
+	h[jetstream.MsgIDHeader] = v[0:1:1]
+	if p.cfg.JetStream {
+		// Only our stream may acknowledge (the header jetstream's
+		// WithExpectStream sets, without its per-call allocations).
+		v[1] = p.cfg.Stream
+		h[jetstream.ExpectedStreamHeader] = v[1:2:2]
+	}
 	if m.WebhookID != "" {
-		h[HeaderWebhookID] = []string{m.WebhookID}
+		v[2] = m.WebhookID
+		h[HeaderWebhookID] = v[2:3:3]
 	}
 	if m.Quarantine != "" {
 		msg.Subject = p.cfg.SubjectPrefix + "." + QuarantineToken
-		h[HeaderQuarantineReason] = []string{m.Quarantine}
+		v[3] = m.Quarantine
+		h[HeaderQuarantineReason] = v[3:4:4]
 	} else {
-		msg.Subject = p.cfg.SubjectPrefix + "." + m.Type
-		h[HeaderContentType] = []string{"application/json"}
-		h[HeaderCESpecVersion] = []string{"1.0"}
-		h[HeaderCEID] = []string{m.ID}
-		h[HeaderCEType] = []string{m.Type}
-		h[HeaderCESource] = []string{p.cfg.Source}
+		msg.Subject = p.subject(m.Type)
+		h[HeaderContentType] = valueJSON
+		h[HeaderCESpecVersion] = valueSpec10
+		h[HeaderCEID] = v[0:1:1]
+		v[3] = m.Type
+		h[HeaderCEType] = v[3:4:4]
+		v[4] = p.cfg.Source
+		h[HeaderCESource] = v[4:5:5]
 		if !m.Time.IsZero() {
-			h[HeaderCETime] = []string{m.Time.UTC().Format(time.RFC3339)}
+			v[5] = m.Time.UTC().Format(time.RFC3339)
+			h[HeaderCETime] = v[5:6:6]
 		}
 	}
 
@@ -358,6 +376,43 @@ func (p *Publisher) Publish(ctx context.Context, m Message) (Result, error) {
 	return res, nil
 }
 
+// outMsg is a message being published, pooled with its header map and the
+// backing array of its header values: nats.go copies a message into its
+// write buffer before Publish returns, so nothing outlives the call.
+type outMsg struct {
+	msg  nats.Msg
+	vals [6]string
+}
+
+var outgoing = sync.Pool{New: func() any { return &outMsg{msg: nats.Msg{Header: make(nats.Header, 10)}} }}
+
+func (o *outMsg) release() {
+	clear(o.msg.Header)
+	o.msg.Data, o.vals = nil, [6]string{}
+	outgoing.Put(o)
+}
+
+// Header values that never change; nats.go only reads them.
+var (
+	valueJSON   = []string{"application/json"}
+	valueSpec10 = []string{"1.0"}
+)
+
+// subject is <prefix>.<eventType>, built once per event type.
+func (p *Publisher) subject(eventType string) string {
+	if s, ok := p.subjects.Load(eventType); ok {
+		return s.(string)
+	}
+	s := p.cfg.SubjectPrefix + "." + eventType
+	if p.subjectsN.Add(1) <= maxCachedSubjects { // event types come from signed deliveries, but stay bounded anyway
+		p.subjects.Store(eventType, s)
+	}
+	return s
+}
+
+// maxCachedSubjects bounds the subject cache.
+const maxCachedSubjects = 256
+
 func (p *Publisher) send(ctx context.Context, msg *nats.Msg) (Result, error) {
 	if !p.cfg.JetStream {
 		if err := p.nc.PublishMsg(msg); err != nil {
@@ -371,7 +426,7 @@ func (p *Publisher) send(ctx context.Context, msg *nats.Msg) (Result, error) {
 	if err := p.StreamCheck(); err != nil {
 		return Result{}, fmt.Errorf("stream %s not ready: %w", p.cfg.Stream, err)
 	}
-	ack, err := p.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(p.cfg.Stream))
+	ack, err := p.js.PublishMsg(ctx, msg)
 	if err != nil {
 		if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, jetstream.ErrStreamNotFound) {
 			p.Recheck() // deleted behind our back? Run finds out and recreates it

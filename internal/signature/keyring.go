@@ -1,16 +1,46 @@
 package signature
 
 import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"hash"
+	"io"
+	"sync"
 	"sync/atomic"
 	"time"
 )
 
 // Secret is one signing secret and the Datagrid webhook it belongs to
-// (empty when unknown, as for secrets given by hand).
+// (empty when unknown, as for secrets given by hand). Make it with
+// NewSecret, which keeps its HMAC state for reuse across deliveries; a
+// Secret literal works too, computing the HMAC afresh each time.
 type Secret struct {
 	Key       []byte
 	WebhookID string
+	macs      *sync.Pool // of hmac.New(sha256.New, Key)
 }
+
+// NewSecret returns the Secret of key for webhookID.
+func NewSecret(key []byte, webhookID string) Secret {
+	return Secret{Key: key, WebhookID: webhookID, macs: &sync.Pool{New: func() any { return hmac.New(sha256.New, key) }}}
+}
+
+// sum appends HMAC-SHA256(Key, ts + "." + body) to dst.
+func (s Secret) sum(dst []byte, ts string, body []byte) []byte {
+	if s.macs == nil {
+		return append(dst, mac(s.Key, ts, body)...)
+	}
+	h := s.macs.Get().(hash.Hash)
+	h.Reset()
+	_, _ = io.WriteString(h, ts)
+	h.Write(dot)
+	h.Write(body)
+	dst = h.Sum(dst)
+	s.macs.Put(h)
+	return dst
+}
+
+var dot = []byte{'.'}
 
 // Keyring hands out the secrets accepted right now. Accepted is called once
 // per delivery: implementations are cheap and safe for concurrent use.
@@ -25,7 +55,7 @@ type Static []Secret
 func NewStatic(secrets []string) Static {
 	s := make(Static, 0, len(secrets))
 	for _, k := range secrets {
-		s = append(s, Secret{Key: []byte(k)})
+		s = append(s, NewSecret([]byte(k), ""))
 	}
 	return s
 }

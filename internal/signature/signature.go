@@ -84,7 +84,9 @@ func Parse(lines []string, now time.Time, tolerance time.Duration) (Signed, erro
 	}
 	seenT := false
 	for _, line := range lines {
-		for part := range strings.SplitSeq(line, ",") {
+		for rest, more := line, true; more; {
+			var part string
+			part, rest, more = strings.Cut(rest, ",")
 			key, value, ok := strings.Cut(strings.TrimSpace(part), "=")
 			if !ok {
 				continue // not key=value: tolerated like an unknown key
@@ -127,8 +129,9 @@ func Parse(lines []string, now time.Time, tolerance time.Duration) (Signed, erro
 // is computed once and compared, in constant time, with every v1 entry.
 func (s Signed) Verify(body []byte, secrets []Secret) (Secret, error) {
 	matched := -1
+	var sum [sha256.Size]byte
 	for k, secret := range secrets {
-		want := mac(secret.Key, s.ts, body)
+		want := secret.sum(sum[:0], s.ts, body)
 		for i := range s.sigs {
 			// No early return: the time taken does not reveal which
 			// secret or entry matched.
