@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"runtime/debug"
 	"strings"
 	"text/tabwriter"
 
@@ -18,6 +19,38 @@ var (
 	version = "dev"
 	commit  = "unknown"
 )
+
+// revision is the commit the binary was built from: the link-time commit,
+// else the VCS revision Go stamps into every build from a checkout (plain
+// go build or go install), with "+dirty" for uncommitted changes.
+func revision() string {
+	if commit != "unknown" {
+		return commit
+	}
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return commit
+	}
+	rev, dirty := "", false
+	for _, s := range info.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			dirty = s.Value == "true"
+		}
+	}
+	switch {
+	case rev == "":
+		return commit
+	case len(rev) > 12:
+		rev = rev[:12]
+	}
+	if dirty {
+		rev += "+dirty"
+	}
+	return rev
+}
 
 // command is one subcommand of relay.
 type command struct {
@@ -145,7 +178,7 @@ func runVersion(_ context.Context, e env, args []string) error {
 	if help, err := parseFlags(fs, args); help || err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stdout, "relay %s (commit %s, %s)\n", version, commit, runtime.Version())
+	fmt.Fprintf(e.stdout, "relay %s (commit %s, %s)\n", version, revision(), runtime.Version())
 	return nil
 }
 

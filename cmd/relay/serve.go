@@ -37,5 +37,5 @@ func runServe(ctx context.Context, e env, args []string) error {
 }
 
 func buildInfo() metrics.BuildInfo {
-	return metrics.BuildInfo{Version: version, Revision: commit, GoVersion: runtime.Version()}
+	return metrics.BuildInfo{Version: version, Revision: revision(), GoVersion: runtime.Version()}
 }
