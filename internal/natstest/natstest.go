@@ -66,6 +66,7 @@ func JetStream(t testing.TB, url string) jetstream.JetStream {
 // Cluster is n JetStream servers clustered in-process on loopback.
 type Cluster struct {
 	Servers []*server.Server
+	opts    []*server.Options // each node's options, client port fixed: Restart reuses them
 }
 
 // StartCluster runs an n-node JetStream cluster and waits until it can
@@ -89,7 +90,11 @@ func StartCluster(t testing.TB, n int) *Cluster {
 		opts.ServerName = fmt.Sprintf("n%d", i)
 		opts.Cluster = server.ClusterOpts{Name: "relay-test", Host: "127.0.0.1", Port: ports[i]}
 		opts.Routes = server.RoutesFromStr(strings.Join(routes, ","))
-		c.Servers = append(c.Servers, Start(t, opts))
+		again := opts.Clone()
+		s := Start(t, opts)
+		again.Port = Port(s)
+		c.Servers = append(c.Servers, s)
+		c.opts = append(c.opts, again)
 	}
 	js := JetStream(t, c.URL())
 	deadline := time.Now().Add(30 * time.Second)
@@ -105,6 +110,33 @@ func StartCluster(t testing.TB, n int) *Cluster {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// Index is the position in Servers of the node named name (its ServerName,
+// "n0", "n1", ...), or -1.
+func (c *Cluster) Index(name string) int {
+	for i, s := range c.Servers {
+		if s.Name() == name {
+			return i
+		}
+	}
+	return -1
+}
+
+// Stop shuts node i down, as a crash or a rolling restart would, and waits
+// until it is down.
+func (c *Cluster) Stop(i int) {
+	c.Servers[i].Shutdown()
+	c.Servers[i].WaitForShutdown()
+}
+
+// Restart starts node i again after Stop, on its own store directory,
+// client port and cluster port, so that it rejoins the cluster with its
+// data; it shuts down when the test ends.
+func (c *Cluster) Restart(t testing.TB, i int) *server.Server {
+	t.Helper()
+	c.Servers[i] = Start(t, c.opts[i].Clone())
+	return c.Servers[i]
 }
 
 // URL lists every server's client URL, as NATS_URL takes them.

@@ -30,7 +30,14 @@ type namedCheck struct {
 // connected, the stream fit (jetstream mode), a signing secret known.
 func newReadiness(m *metrics.Metrics, parts *Parts) *readiness {
 	r := &readiness{m: m}
-	r.add("nats", parts.Publisher.Check)
+	// The connection alone: Publisher.Check also fails when the stream
+	// does, which would name NATS as the reason for a missing stream.
+	r.add("nats", func() error {
+		if !parts.Conn.IsConnected() {
+			return errors.New("not connected")
+		}
+		return nil
+	})
 	r.add("stream", parts.Publisher.StreamCheck)
 	if parts.Registrar != nil {
 		r.add("signing_secret", parts.Registrar.Check)
