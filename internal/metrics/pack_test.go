@@ -181,7 +181,11 @@ func TestDashboard(t *testing.T) {
 		}
 	}
 
-	rangeSel := regexp.MustCompile(`\[([^\]]+)\]`)
+	// A range and the function it feeds: rates use $__rate_interval (as
+	// Grafana's linter wants), counts over a window use $__range or a fixed
+	// window, never $__rate_interval (whose length changes with the zoom).
+	rangeSel := regexp.MustCompile(`([a-z_]+)\([^()\[\]]*\[([^\]]+)\]`)
+	fixedWindow := regexp.MustCompile(`^[0-9]+[smhdw]$`)
 	var exprs []string
 	var walk func([]panel)
 	walk = func(ps []panel) {
@@ -202,8 +206,11 @@ func TestDashboard(t *testing.T) {
 					t.Errorf("panel %q: target datasource %q, want $datasource", p.Title, tg.Datasource.UID)
 				}
 				for _, m := range rangeSel.FindAllStringSubmatch(tg.Expr, -1) {
-					if m[1] != "$__rate_interval" {
-						t.Errorf("panel %q: range [%s] in %q, want [$__rate_interval]", p.Title, m[1], tg.Expr)
+					switch fn, r := m[1], m[2]; {
+					case (fn == "rate" || fn == "irate") && r != "$__rate_interval":
+						t.Errorf("panel %q: %s over [%s] in %q, want [$__rate_interval]", p.Title, fn, r, tg.Expr)
+					case fn != "rate" && fn != "irate" && r != "$__range" && !fixedWindow.MatchString(r):
+						t.Errorf("panel %q: %s over [%s] in %q, want [$__range] or a fixed window", p.Title, fn, r, tg.Expr)
 					}
 				}
 			}

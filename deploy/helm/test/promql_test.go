@@ -82,7 +82,7 @@ func TestDashboardQueriesParse(t *testing.T) {
 	if len(exprs) < 10 {
 		t.Fatalf("found %d queries in the dashboard", len(exprs))
 	}
-	grafana := strings.NewReplacer("$__rate_interval", "1m", "$namespace", "relay", "$job", "relay-datagrid-relay|other")
+	grafana := strings.NewReplacer("$__rate_interval", "1m", "$__range", "6h", "$namespace", "relay", "$job", "relay-datagrid-relay|other", "$cluster", ".*", "$instance", ".+")
 	p := parser.NewParser(parser.Options{})
 	for _, e := range exprs {
 		if _, err := p.ParseExpr(grafana.Replace(e)); err != nil {

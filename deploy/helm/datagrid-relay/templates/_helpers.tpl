@@ -338,3 +338,31 @@ volumes:
   {{- end }}
 {{- end }}
 {{- end }}
+
+{{/*
+Seconds in a Prometheus duration such as 6h, 1d or 1h30m (the schema
+allows only those), for comparisons with time() in PromQL.
+*/}}
+{{- define "relay.durationSeconds" -}}
+{{- $unit := dict "ms" 0.001 "s" 1 "m" 60 "h" 3600 "d" 86400 "w" 604800 "y" 31536000 }}
+{{- $total := 0.0 }}
+{{- range regexFindAll "[0-9]+(ms|s|m|h|d|w|y)" . -1 }}
+{{- $n := regexFind "^[0-9]+" . }}
+{{- $total = addf $total (mulf (float64 $n) (get $unit (trimPrefix $n .))) }}
+{{- end }}
+{{- $total | int64 }}
+{{- end }}
+
+{{/*
+Fails the render when an enabled object's API is not served by the cluster,
+with a message of the chart's own instead of Helm's raw "no matches for
+kind". Call with a dict: root, api (group/version), what (the value that
+enabled it), kind. capabilitiesCheck=false skips the check for renders
+that cannot see the cluster (helm lint, helm template without
+--api-versions).
+*/}}
+{{- define "relay.requireAPI" -}}
+{{- if and .root.Values.capabilitiesCheck (not (.root.Capabilities.APIVersions.Has .api)) }}
+{{- fail (printf "%s needs the %s API (kind %s), which this cluster does not serve: install its CRDs first (for monitoring.coreos.com: the Prometheus Operator), or turn %s off. Rendering offline? Pass --api-versions %s, or set capabilitiesCheck=false." .what .api .kind .what .api) }}
+{{- end }}
+{{- end }}
