@@ -90,6 +90,10 @@ type Registrar struct {
 	kick         chan struct{} // the sync found the registration gone
 	watchRev     atomic.Uint64 // the last revision the watch delivered
 
+	// refreshMu orders every read of the state that reaches the keyring:
+	// a read applied under it can never be older than one applied before.
+	refreshMu sync.Mutex
+
 	mu      sync.Mutex
 	lastErr error
 	known   State // the last registered state applied: restored if the store loses it
@@ -238,7 +242,9 @@ func (r *Registrar) watch(ctx context.Context, restart <-chan struct{}) {
 	for {
 		wctx, cancel := context.WithCancel(ctx)
 		done := make(chan error, 1)
-		go func() { done <- r.store.Watch(wctx, r.onState) }()
+		go func() {
+			done <- r.store.Watch(wctx, func(_ *State, rev uint64) { r.onChange(wctx, rev) })
+		}()
 		var err error
 		select {
 		case err = <-done:
@@ -275,7 +281,7 @@ func (r *Registrar) sync(ctx context.Context, restartWatch chan<- struct{}) {
 			return
 		case <-time.After(r.cfg.SyncInterval):
 		}
-		st, rev, err := r.store.Load(ctx)
+		_, rev, err := r.refresh(ctx)
 		switch {
 		case ctx.Err() != nil:
 			return
@@ -289,7 +295,6 @@ func (r *Registrar) sync(ctx context.Context, restartWatch chan<- struct{}) {
 			r.log.Warn("registration state unreadable", zap.Error(err))
 			continue
 		}
-		r.apply(&st)
 		if rev != r.watchRev.Load() {
 			if behind++; behind >= 2 { // once may be a race with an update in flight
 				behind = 0
@@ -318,13 +323,26 @@ func (r *Registrar) nextReconcile() time.Duration {
 	return d
 }
 
-// onState takes a watched state change.
-func (r *Registrar) onState(st *State, rev uint64) {
+// onChange takes a watched state change: the watch only says that the
+// state changed; refresh reads it, so that an update the watch delivers
+// late cannot undo a newer one.
+func (r *Registrar) onChange(ctx context.Context, rev uint64) {
 	r.watchRev.Store(rev)
-	if st != nil {
-		r.apply(st)
-	}
+	_, _, _ = r.refresh(ctx)
 	r.signal(r.changed)
+}
+
+// refresh reads the stored state and puts it into the keyring, in the
+// order of the reads: of two refreshes racing, the later read is applied
+// last. A missing registration leaves the keyring as it is (see sync).
+func (r *Registrar) refresh(ctx context.Context) (State, uint64, error) {
+	r.refreshMu.Lock()
+	defer r.refreshMu.Unlock()
+	st, rev, err := r.store.Load(ctx)
+	if err == nil {
+		r.apply(&st)
+	}
+	return st, rev, err
 }
 
 // apply makes st's secrets the accepted ones, with the metrics that describe
@@ -399,7 +417,7 @@ func (r *Registrar) Reconcile(ctx context.Context) (Outcome, error) {
 	if r.deregistered.Load() {
 		return "", errDeregistered
 	}
-	st, rev, err := r.store.Load(ctx)
+	st, rev, err := r.refresh(ctx) // every reconcile leaves the keyring as the store says
 	switch {
 	case errors.Is(err, ErrNoState):
 		if restored, ok := r.restore(ctx); ok {
@@ -410,7 +428,6 @@ func (r *Registrar) Reconcile(ctx context.Context) (Outcome, error) {
 	case err != nil:
 		return "", err
 	}
-	r.apply(&st) // every reconcile leaves the keyring as the store says
 	switch {
 	case r.deregistered.Load():
 		return "", errDeregistered
@@ -603,7 +620,7 @@ func (r *Registrar) register(ctx context.Context, rev uint64, prev State, why st
 		_ = r.deleteWebhook(context.WithoutCancel(ctx), wh.ID)
 		return "", fmt.Errorf("store new registration: %w", err)
 	}
-	r.apply(&st)
+	_, _, _ = r.refresh(ctx) // our state, or a newer one: never an older one
 	r.log.Info("webhook registered", zap.String("webhook_id", wh.ID))
 	if _, err := r.removeStrays(ctx); err != nil {
 		return "", err
@@ -647,7 +664,9 @@ func (r *Registrar) removeStrays(ctx context.Context) (int, error) {
 		if err != nil {
 			return removed, err
 		}
-		if now.names(id) || now.Pending != nil { // a rotation or a registration moved on: not ours to judge
+		// A rotation or a registration (both claim the state before they
+		// create) moved on: not ours to judge.
+		if now.names(id) || now.Pending != nil {
 			continue
 		}
 		if err := r.deleteWebhook(ctx, id); err != nil {
@@ -686,11 +705,20 @@ func (r *Registrar) Rotate(ctx context.Context) (State, error) {
 			return State{}, err
 		}
 	}
+	// Claim first, keeping the secrets: running relays then neither judge
+	// the new webhook a stray nor register one of their own meanwhile.
+	claim := st
+	claim.Pending = &Claim{By: r.cfg.Instance + " (relay rotate)", At: r.now()}
+	if rev, err = r.store.Put(ctx, claim, rev); err != nil {
+		return State{}, fmt.Errorf("claim the registration for the rotation: %w", err)
+	}
 	wh, err := r.api.Create(ctx, r.cfg.PublicURL, r.cfg.Events)
 	if err != nil {
 		if wh.ID != "" {
 			_ = r.deleteWebhook(context.WithoutCancel(ctx), wh.ID)
 		}
+		claim.Pending = nil
+		_, _ = r.store.Put(context.WithoutCancel(ctx), claim, rev)
 		return State{}, err
 	}
 	next := State{
