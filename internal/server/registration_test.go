@@ -24,6 +24,13 @@ import (
 	"github.com/datagrid-relay/relay/internal/server"
 )
 
+// The registrar's own behaviours (replicas starting together, restarts,
+// strays, drift, rate limits, rotation, deregistration, a lost state
+// bucket) are tested on bootstrap.Registrar in internal/bootstrap. These
+// tests keep what only the whole relay shows: the wiring of the registrar
+// into readiness, the delivery handler, metrics and shutdown, and the
+// end-to-end runs (rotation under load, a three-node cluster).
+
 const (
 	apiKey    = "dg_test_key_7c1e55"
 	publicURL = "https://relay.example.com/webhooks/datagrid"
@@ -137,7 +144,12 @@ func deliver(t *testing.T, r *relay, secret, id string) relaytest.Response {
 	return resp
 }
 
-func TestFirstStartRegistersOnce(t *testing.T) {
+// TestRelayRegistersAndServes is the wiring of a registering relay: its
+// registrar uses the configured key, URL, events and User-Agent, the
+// delivery handler verifies with the registrar's keyring, and the metrics
+// show the registration. What the registrar does is tested in
+// internal/bootstrap.
+func TestRelayRegistersAndServes(t *testing.T) {
 	g := newRegistering(t)
 	r := g.start()
 	relaytest.WaitStatus(t, 10*time.Second, r.admin+"/readyz", 200)
@@ -161,13 +173,16 @@ func TestFirstStartRegistersOnce(t *testing.T) {
 				events = append(events, e.(string))
 			}
 			if !slices.Equal(events, event.Known()) {
-				t.Errorf("create events: got %v, want %v", events, event.Known())
+				t.Errorf("create events: got %v, want %v (RELAY_EVENTS' default)", events, event.Known())
 			}
 		}
 	}
 	id := g.onlyWebhook()
 	if resp := deliver(t, r, g.api.Secret(id), "evt_first"); resp.Status != 200 {
 		t.Fatalf("delivery: got %d %s, want 200", resp.Status, resp.Body)
+	}
+	if resp := deliver(t, r, "whsec_not_the_registered_one", "evt_other"); resp.Status != 401 {
+		t.Fatalf("delivery with another secret: got %d %s, want 401", resp.Status, resp.Body)
 	}
 	for _, want := range []string{
 		"datagrid_relay_registration_healthy 1",
@@ -179,137 +194,6 @@ func TestFirstStartRegistersOnce(t *testing.T) {
 			m, _ := relaytest.Get(r.admin + "/metrics")
 			return strings.Contains(m.Body, want)
 		})
-	}
-}
-
-func TestThreeReplicasStartingTogetherRegisterOneWebhook(t *testing.T) {
-	g := newRegistering(t)
-	relays := g.startTogether(3, 15*time.Second)
-	if n := g.api.Count("POST", "/v1/webhooks"); n != 1 {
-		t.Fatalf("creates: got %d, want 1", n)
-	}
-	secret := g.api.Secret(g.onlyWebhook())
-	for i, r := range relays {
-		if resp := deliver(t, r, secret, fmt.Sprintf("evt_replica_%d", i)); resp.Status != 200 {
-			t.Fatalf("replica %d: got %d %s, want 200", i, resp.Status, resp.Body)
-		}
-	}
-}
-
-func TestRestartCreatesNothing(t *testing.T) {
-	g := newRegistering(t)
-	r := g.start()
-	relaytest.WaitStatus(t, 10*time.Second, r.admin+"/readyz", 200)
-	r.stop(t)
-
-	r = g.start()
-	relaytest.WaitStatus(t, 10*time.Second, r.admin+"/readyz", 200)
-	if n := g.api.Count("POST", "/v1/webhooks"); n != 1 {
-		t.Fatalf("creates: got %d, want 1", n)
-	}
-	if resp := deliver(t, r, g.api.Secret(g.onlyWebhook()), "evt_restart"); resp.Status != 200 {
-		t.Fatalf("delivery: got %d, want 200", resp.Status)
-	}
-}
-
-func TestStaleWebhookForOurURLIsReplacedOthersUntouched(t *testing.T) {
-	g := newRegistering(t)
-	var unrelated []string
-	for i := range 5 {
-		id, _ := g.api.Seed(fmt.Sprintf("https://other%d.example.com/hook", i), []string{"batch_prediction.failed"}, true)
-		unrelated = append(unrelated, id)
-	}
-	stale, staleSecret := g.api.Seed(publicURL, []string{"batch_prediction.completed"}, true)
-
-	r := g.start()
-	relaytest.WaitStatus(t, 10*time.Second, r.admin+"/readyz", 200)
-	relaytest.WaitFor(t, 10*time.Second, "the stale webhook to be deleted", func() bool {
-		_, ok := g.api.Webhook(stale)
-		return !ok
-	})
-	id := g.onlyWebhook()
-	if id == stale {
-		t.Fatal("the stale webhook was kept")
-	}
-	for _, u := range unrelated {
-		if _, ok := g.api.Webhook(u); !ok {
-			t.Errorf("unrelated webhook %s was deleted", u)
-		}
-	}
-	if resp := deliver(t, r, staleSecret, "evt_stale"); resp.Status != 401 {
-		t.Fatalf("delivery with the stale secret: got %d, want 401", resp.Status)
-	}
-	if resp := deliver(t, r, g.api.Secret(id), "evt_new"); resp.Status != 200 {
-		t.Fatalf("delivery with the new secret: got %d, want 200", resp.Status)
-	}
-}
-
-func TestDriftIsRepaired(t *testing.T) {
-	g := newRegistering(t)
-	a, b := g.start(), g.start()
-	relaytest.WaitStatus(t, 10*time.Second, a.admin+"/readyz", 200)
-	relaytest.WaitStatus(t, 10*time.Second, b.admin+"/readyz", 200)
-	id := g.onlyWebhook()
-
-	t.Run("disabled", func(t *testing.T) {
-		g.api.Disable(id)
-		relaytest.WaitFor(t, 10*time.Second, "the webhook to be enabled again", func() bool {
-			wh, ok := g.api.Webhook(id)
-			return ok && wh.Enabled
-		})
-	})
-	t.Run("events changed", func(t *testing.T) {
-		g.api.SetEvents(id, []string{"batch_prediction.failed"})
-		relaytest.WaitFor(t, 10*time.Second, "the events to be restored", func() bool {
-			wh, ok := g.api.Webhook(id)
-			return ok && len(wh.Events) == len(event.Known())
-		})
-	})
-	t.Run("deleted", func(t *testing.T) {
-		g.api.Remove(id)
-		var fresh string
-		relaytest.WaitFor(t, 10*time.Second, "a new webhook", func() bool {
-			ids := g.ours()
-			if len(ids) == 1 && ids[0] != id {
-				fresh = ids[0]
-			}
-			return fresh != ""
-		})
-		secret := g.api.Secret(fresh)
-		for i, r := range []*relay{a, b} {
-			relaytest.WaitFor(t, 5*time.Second, fmt.Sprintf("replica %d to accept the new secret", i), func() bool {
-				return deliver(t, r, secret, fmt.Sprintf("evt_drift_%d", i)).Status == 200
-			})
-		}
-		if n := len(g.ours()); n != 1 {
-			t.Fatalf("webhooks for our URL: got %d, want 1", n)
-		}
-	})
-}
-
-func TestRateLimitedAtStart(t *testing.T) {
-	g := newRegistering(t)
-	g.api.FailNext(2, 429, "1")
-	r := g.start()
-	relaytest.WaitStatus(t, 20*time.Second, r.admin+"/readyz", 200)
-	limited := g.api.RateLimited()
-	if len(limited) != 2 {
-		t.Fatalf("429 answers: got %d, want 2", len(limited))
-	}
-	// The request after each 429 came at least Retry-After later.
-	reqs := g.api.Requests()
-	for _, l := range limited {
-		for _, next := range reqs {
-			if next.Received.After(l.Answered) {
-				if gap := next.Received.Sub(l.Answered); gap < time.Second {
-					t.Errorf("next request %s after a 429 with Retry-After: 1, want at least 1s", gap)
-				}
-				break
-			}
-		}
-	}
-	if n := g.api.Count("POST", "/v1/webhooks"); n != 3 || len(g.ours()) != 1 {
-		t.Fatalf("got %d create calls and %d webhooks, want 3 calls (two refused) and one webhook", n, len(g.ours()))
 	}
 }
 
@@ -340,43 +224,20 @@ func TestRejectedAPIKeyStopsTheStart(t *testing.T) {
 	}
 }
 
-func TestUnreachableAPI(t *testing.T) {
-	t.Run("no stored state: not ready, with the reason", func(t *testing.T) {
-		g := newRegistering(t)
-		_ = g.api.Close()
-		r := g.start()
-		relaytest.WaitFor(t, 10*time.Second, "readyz to name the registration", func() bool {
-			resp, _ := relaytest.Get(r.admin + "/readyz")
-			return resp.Status == 503 && strings.Contains(resp.Body, "signing_secret: no signing secret known yet")
-		})
-		if resp := deliver(t, r, "whsec_anything", "evt_unreachable"); resp.Status != 503 {
-			t.Fatalf("delivery: got %d, want 503", resp.Status)
-		}
+// TestReadinessNamesTheRegistrationProblem: with no secret stored and the
+// API unreachable, /readyz answers 503 naming the registration, and
+// deliveries 503 (Datagrid retries them).
+func TestReadinessNamesTheRegistrationProblem(t *testing.T) {
+	g := newRegistering(t)
+	_ = g.api.Close()
+	r := g.start()
+	relaytest.WaitFor(t, 10*time.Second, "readyz to name the registration", func() bool {
+		resp, _ := relaytest.Get(r.admin + "/readyz")
+		return resp.Status == 503 && strings.Contains(resp.Body, "signing_secret: no signing secret known yet")
 	})
-	t.Run("stored state: serves meanwhile", func(t *testing.T) {
-		g := newRegistering(t)
-		r := g.start()
-		relaytest.WaitStatus(t, 10*time.Second, r.admin+"/readyz", 200)
-		secret := g.api.Secret(g.onlyWebhook())
-		r.stop(t)
-		g.api.FailNextWith(1_000_000, datagridtest.Fault{Status: 503})
-		r = g.start()
-		relaytest.WaitStatus(t, 10*time.Second, r.admin+"/readyz", 200)
-		if resp := deliver(t, r, secret, "evt_meanwhile"); resp.Status != 200 {
-			t.Fatalf("delivery: got %d, want 200", resp.Status)
-		}
-		relaytest.WaitFor(t, 10*time.Second, "a failed reconcile to be counted", func() bool {
-			m, _ := relaytest.Get(r.admin + "/metrics")
-			return !strings.Contains(m.Body, `datagrid_relay_reconciles_total{outcome="failed"} 0`)
-		})
-		m, _ := relaytest.Get(r.admin + "/metrics")
-		if !strings.Contains(m.Body, "datagrid_relay_registration_healthy 0") {
-			t.Error("registration_healthy should be 0 while the API fails")
-		}
-		if resp := deliver(t, r, secret, "evt_still"); resp.Status != 200 {
-			t.Fatalf("delivery after a failed reconcile: got %d, want 200", resp.Status)
-		}
-	})
+	if resp := deliver(t, r, "whsec_anything", "evt_unreachable"); resp.Status != 503 {
+		t.Fatalf("delivery: got %d, want 503", resp.Status)
+	}
 }
 
 // TestRotateUnderLoad rotates while a simulated Datagrid delivers a steady
@@ -456,61 +317,6 @@ func TestRotateUnderLoad(t *testing.T) {
 	}
 	if id := g.onlyWebhook(); id != st.WebhookID {
 		t.Fatalf("webhook for our URL: got %s, want the rotated %s", id, st.WebhookID)
-	}
-}
-
-func TestDeregisterLeavesNothing(t *testing.T) {
-	g := newRegistering(t)
-	r := g.start()
-	relaytest.WaitStatus(t, 10*time.Second, r.admin+"/readyz", 200)
-	unrelated, _ := g.api.Seed("https://other.example.com/hook", []string{"batch_prediction.failed"}, true)
-
-	reg := g.registrar(time.Minute)
-	ids, err := reg.Deregister(context.Background())
-	if err != nil || len(ids) != 1 {
-		t.Fatalf("deregister: got %v %v, want one webhook deleted", ids, err)
-	}
-	if left := g.ours(); len(left) != 0 {
-		t.Fatalf("webhooks left for our URL: %v", left)
-	}
-	if _, ok := g.api.Webhook(unrelated); !ok {
-		t.Fatal("deregister deleted an unrelated webhook")
-	}
-	if st, err := reg.State(context.Background()); err != nil || st.Deregistered == nil || st.Secret != "" || st.Previous != nil {
-		t.Fatalf("state after deregister: got %s, %v; want the uninstall marker and no secret", st.Summary(), err)
-	}
-	// The running relay notices, refuses deliveries and does not register
-	// again while reconciles go on.
-	relaytest.WaitStatus(t, 10*time.Second, r.admin+"/readyz", 503)
-	creates := g.api.Count("POST", "/v1/webhooks")
-	reconciles := func() float64 {
-		m, _ := relaytest.Get(r.admin + "/metrics")
-		var n float64
-		for _, line := range strings.Split(m.Body, "\n") {
-			if strings.HasPrefix(line, `datagrid_relay_reconciles_total{outcome="failed"}`) {
-				_, _ = fmt.Sscanf(strings.Fields(line)[1], "%g", &n)
-			}
-		}
-		return n
-	}
-	base := reconciles()
-	relaytest.WaitFor(t, 10*time.Second, "reconciles after deregister", func() bool { return reconciles() >= base+1 })
-	if n := g.api.Count("POST", "/v1/webhooks"); n != creates || len(g.ours()) != 0 {
-		t.Fatalf("the relay registered again after deregister: %d creates, %v", n, g.ours())
-	}
-	// The secrets are gone from the bucket, history included.
-	kv, err := natstest.JetStream(t, g.nats).KeyValue(context.Background(), "datagrid_relay")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hist, err := kv.History(context.Background(), "registration")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range hist {
-		if strings.Contains(string(e.Value()), "whsec_") || !strings.Contains(string(e.Value()), `"deregistered"`) {
-			t.Fatalf("registration history holds %s; want only the marker, without secrets", e.Value())
-		}
 	}
 }
 

@@ -101,7 +101,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	// (Status 0) and those whose client gave up.
 	s.mu.Lock()
 	s.log = append(s.log, rec)
-	latency := s.latency
+	latency := s.latency + s.latencyFor[r.Method+" "+r.URL.Path]
 	s.mu.Unlock()
 
 	if latency > 0 {
@@ -247,8 +247,19 @@ func (s *Server) handleCreate(raw []byte) answer {
 	h := s.addLocked(*in.URL, *in.Events, true)
 	w := h.view()
 	w.Secret = h.secret // the one answer that shows it
+	omit := s.omit
 	s.mu.Unlock()
-	return jsonAnswer(http.StatusCreated, w)
+	if len(omit) == 0 {
+		return jsonAnswer(http.StatusCreated, w)
+	}
+	// An answer that breaks the contract: the object without some fields.
+	var obj map[string]any
+	b, _ := json.Marshal(w) // our own types always encode
+	_ = json.Unmarshal(b, &obj)
+	for _, f := range omit {
+		delete(obj, f)
+	}
+	return jsonAnswer(http.StatusCreated, obj)
 }
 
 // handleRetrieve is GET /webhooks/{id}.

@@ -5,7 +5,8 @@
 // It answers as datagrid-api.md describes: Bearer auth, problem-details
 // errors, 201 with the secret on create and never again, cursor pages in
 // creation order, 204 on delete. On top it can misbehave on demand
-// (FailNext, FailNextWith, SetLatency), change webhooks behind the
+// (FailNext, FailNextWith, SetLatency, SetLatencyFor, OmitFromCreate),
+// change webhooks behind the
 // client's back (Disable, Remove, SetEvents, Seed) and tell what it was
 // asked (Requests). Every method is safe for concurrent use, also while
 // requests are served.
@@ -104,7 +105,12 @@ type Server struct {
 	lastSeq uint64
 	faults  []Fault
 	latency time.Duration
-	log     []*Request // entries are filled in when answered, under mu
+	// latencyFor delays the answers of one method and path on top of
+	// latency, e.g. only list calls.
+	latencyFor map[string]time.Duration
+	// omit lists the fields left out of create answers.
+	omit []string
+	log  []*Request // entries are filled in when answered, under mu
 
 	// Set by Start only.
 	httpServer *http.Server
@@ -178,6 +184,33 @@ func (s *Server) SetLatency(d time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.latency = d
+}
+
+// SetLatencyFor delays the answers to method and path (unescaped, e.g.
+// "GET", "/v1/webhooks" for list calls) by d from now on, on top of
+// SetLatency's delay; 0 removes it. The answer is decided after the delay,
+// so it shows what changed meanwhile, as a slow API would.
+func (s *Server) SetLatencyFor(method, path string, d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.latencyFor == nil {
+		s.latencyFor = map[string]time.Duration{}
+	}
+	if d <= 0 {
+		delete(s.latencyFor, method+" "+path)
+		return
+	}
+	s.latencyFor[method+" "+path] = d
+}
+
+// OmitFromCreate makes create answers leave out the named fields of the
+// webhook object from now on, e.g. "secret" or "id", to play an API that
+// breaks its own contract; the webhook is still created. No fields: answers
+// are whole again.
+func (s *Server) OmitFromCreate(fields ...string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.omit = slices.Clone(fields)
 }
 
 // Seed stores a webhook without any request, valid or not, and returns its

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/datagrid-relay/relay/internal/datagrid/datagridtest"
+	"github.com/datagrid-relay/relay/internal/relaytest"
 )
 
 const testKey = "dg_live_fake-test-key-31f0"
@@ -804,5 +805,52 @@ func TestCloseStopsServing(t *testing.T) {
 	if err == nil {
 		resp.Body.Close()
 		t.Errorf("after Close: got status %d, want a connection error", resp.StatusCode)
+	}
+}
+
+func TestLatencyFor(t *testing.T) {
+	f := start(t, datagridtest.Options{})
+	f.SetLatencyFor(http.MethodGet, "/v1/webhooks", 150*time.Millisecond)
+	id, _ := f.create("batch_prediction.completed")["id"].(string) // not slowed: another method
+	f.call(http.MethodGet, "/webhooks/"+id, "")                     // not slowed: another path
+	// A webhook created while a list call waits shows in its answer.
+	listed := make(chan reply, 1)
+	go func() { listed <- f.call(http.MethodGet, "/webhooks", "") }()
+	relaytest.WaitFor(t, 5*time.Second, "the list call to arrive", func() bool { return len(f.Requests()) == 3 })
+	late := f.create("batch_prediction.failed")
+	if r := <-listed; !bytes.Contains(r.body, []byte(late["id"].(string))) {
+		t.Errorf("list answer %s lacks the webhook created while it waited", r.body)
+	}
+	f.SetLatencyFor(http.MethodGet, "/v1/webhooks", 0)
+	f.call(http.MethodGet, "/webhooks", "")
+	reqs := f.Requests()
+	for i, want := range []bool{false, false, true, false, false} {
+		if got := reqs[i].Answered.Sub(reqs[i].Received) >= 150*time.Millisecond; got != want {
+			t.Errorf("%s %s: slowed %v, want %v", reqs[i].Method, reqs[i].Path, got, want)
+		}
+	}
+}
+
+func TestOmitFromCreate(t *testing.T) {
+	f := start(t, datagridtest.Options{})
+	f.OmitFromCreate("secret")
+	created := f.create("batch_prediction.completed")
+	id, _ := created["id"].(string)
+	if _, ok := created["secret"]; ok || id == "" || created["object"] != "webhook" {
+		t.Fatalf("got %v, want the webhook object without secret", created)
+	}
+	if _, ok := f.Webhook(id); !ok || f.Secret(id) == "" {
+		t.Fatal("the webhook was not created with a secret")
+	}
+	f.OmitFromCreate("id", "secret")
+	if created := f.create("batch_prediction.completed"); created["id"] != nil || created["secret"] != nil || created["url"] == nil {
+		t.Fatalf("got %v, want the webhook object without id and secret", created)
+	}
+	if n := len(f.Webhooks()); n != 2 {
+		t.Fatalf("got %d webhooks, want 2", n)
+	}
+	f.OmitFromCreate()
+	if created := f.create("batch_prediction.completed"); created["id"] == nil || created["secret"] == nil {
+		t.Fatalf("got %v, want a whole answer again", created)
 	}
 }
