@@ -3,8 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
-	"net"
+	"maps"
 	"net/http"
 	"strings"
 	"testing"
@@ -18,16 +19,6 @@ import (
 	"github.com/datagrid-relay/relay/internal/signature"
 )
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 // running is the relay started through run, as main starts it.
 type running struct {
 	delivery, admin string
@@ -36,28 +27,64 @@ type running struct {
 	done            chan error
 }
 
+// startRun starts run("serve") with env, both listeners on port 0, and
+// waits until /readyz answers 200. It learns where the relay listens from
+// its "relay started" log line, so no port is chosen before it is bound,
+// and sets RELAY_LISTEN_ADDR and RELAY_ADMIN_ADDR in env to the addresses
+// in use, for the commands a test runs next (relay trigger reads them).
 func startRun(t *testing.T, env map[string]string) *running {
 	t.Helper()
-	public, admin := freeAddr(t), freeAddr(t)
-	env["RELAY_LISTEN_ADDR"], env["RELAY_ADMIN_ADDR"] = public, admin
+	own := maps.Clone(env)
+	own["RELAY_LISTEN_ADDR"], own["RELAY_ADMIN_ADDR"] = "127.0.0.1:0", "127.0.0.1:0"
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{
-		delivery: "http://" + public + "/webhooks/datagrid", admin: "http://" + admin,
-		stdout: &relaytest.Buffer{}, stderr: &relaytest.Buffer{}, cancel: cancel, done: make(chan error, 1),
-	}
+	r := &running{stdout: &relaytest.Buffer{}, stderr: &relaytest.Buffer{}, cancel: cancel, done: make(chan error, 1)}
 	go func() {
-		r.done <- run(ctx, []string{"serve"}, func(k string) string { return env[k] }, r.stdout, r.stderr)
+		r.done <- run(ctx, []string{"serve"}, func(k string) string { return own[k] }, r.stdout, r.stderr)
 	}()
-	relaytest.WaitFor(t, 15*time.Second, "/readyz to answer 200", func() bool {
+	exited := func() {
 		select {
 		case err := <-r.done:
 			t.Fatalf("run returned early: %v\n%s", err, r.stderr)
 		default:
 		}
+	}
+	relaytest.WaitFor(t, 15*time.Second, `the "relay started" log line`, func() bool {
+		exited()
+		started, ok := startedLine(r.stderr.String())
+		if ok {
+			r.delivery = "http://" + started.PublicAddr + started.DeliveryPath
+			r.admin = "http://" + started.AdminAddr
+			env["RELAY_LISTEN_ADDR"], env["RELAY_ADMIN_ADDR"] = started.PublicAddr, started.AdminAddr
+		}
+		return ok
+	})
+	relaytest.WaitFor(t, 15*time.Second, "/readyz to answer 200", func() bool {
+		exited()
 		resp, err := relaytest.Get(r.admin + "/readyz")
 		return err == nil && resp.Status == 200
 	})
 	return r
+}
+
+// started is what the "relay started" log line says about the listeners.
+type started struct {
+	PublicAddr   string `json:"public_addr"`
+	DeliveryPath string `json:"delivery_path"`
+	AdminAddr    string `json:"admin_addr"`
+}
+
+// startedLine finds and reads the "relay started" line in JSON logs.
+func startedLine(logs string) (started, bool) {
+	for _, line := range strings.Split(logs, "\n") {
+		var l struct {
+			Msg string `json:"msg"`
+			started
+		}
+		if json.Unmarshal([]byte(line), &l) == nil && l.Msg == "relay started" && l.PublicAddr != "" && l.AdminAddr != "" {
+			return l.started, true
+		}
+	}
+	return started{}, false
 }
 
 // stop cancels as SIGTERM does and returns run's error.

@@ -64,7 +64,7 @@ func newFixture(t *testing.T) *fixture {
 // rotation's grace period without waiting for it.
 type clock struct{ offset atomic.Int64 }
 
-func (c *clock) now() time.Time           { return time.Now().Add(time.Duration(c.offset.Load())) }
+func (c *clock) now() time.Time          { return time.Now().Add(time.Duration(c.offset.Load())) }
 func (c *clock) advance(d time.Duration) { c.offset.Add(int64(d)) }
 
 // replica is one relay's registrar.

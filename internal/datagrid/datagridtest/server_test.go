@@ -812,7 +812,7 @@ func TestLatencyFor(t *testing.T) {
 	f := start(t, datagridtest.Options{})
 	f.SetLatencyFor(http.MethodGet, "/v1/webhooks", 150*time.Millisecond)
 	id, _ := f.create("batch_prediction.completed")["id"].(string) // not slowed: another method
-	f.call(http.MethodGet, "/webhooks/"+id, "")                     // not slowed: another path
+	f.call(http.MethodGet, "/webhooks/"+id, "")                    // not slowed: another path
 	// A webhook created while a list call waits shows in its answer.
 	listed := make(chan reply, 1)
 	go func() { listed <- f.call(http.MethodGet, "/webhooks", "") }()
