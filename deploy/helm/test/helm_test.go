@@ -338,7 +338,6 @@ func checkEveryRender(t *testing.T, r rendered) {
 	}{
 		"liveness":  {c.LivenessProbe, "/healthz"},
 		"readiness": {c.ReadinessProbe, "/readyz"},
-		"startup":   {c.StartupProbe, "/healthz"},
 	} {
 		p := want.probe
 		if p == nil || p.HTTPGet == nil {
@@ -348,6 +347,15 @@ func checkEveryRender(t *testing.T, r rendered) {
 		if p.HTTPGet.Path != want.path || p.HTTPGet.Port.String() != "admin" {
 			t.Errorf("%s probe: got %s on port %s, want %s on port admin", name, p.HTTPGet.Path, p.HTTPGet.Port.String(), want.path)
 		}
+	}
+
+	// No startup probe: /healthz answers from the start, so it would wait
+	// for nothing.
+	if c.StartupProbe != nil {
+		t.Errorf("startup probe %+v; want none", c.StartupProbe)
+	}
+	if pod.EnableServiceLinks == nil || *pod.EnableServiceLinks {
+		t.Errorf("enableServiceLinks %v, want false", boolString(pod.EnableServiceLinks))
 	}
 
 	// The listeners match the container ports.
@@ -814,8 +822,29 @@ func TestNetworkPolicy(t *testing.T) {
 	if !maps.Equal(np.Spec.PodSelector.MatchLabels, dep.Spec.Selector.MatchLabels) {
 		t.Errorf("policy selects %v, want the relay's pods %v", np.Spec.PodSelector.MatchLabels, dep.Spec.Selector.MatchLabels)
 	}
-	if !slices.Equal(np.Spec.PolicyTypes, []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}) {
-		t.Errorf("policy types %v", np.Spec.PolicyTypes)
+	if !slices.Equal(np.Spec.PolicyTypes, []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress}) {
+		t.Errorf("policy types %v, want Ingress and Egress", np.Spec.PolicyTypes)
+	}
+	// Egress: DNS to kube-dns, NATS to its namespace, the API on 443.
+	egress := map[string][]networkingv1.NetworkPolicyPeer{}
+	for _, rule := range np.Spec.Egress {
+		for _, p := range rule.Ports {
+			egress[fmt.Sprintf("%s/%s", *p.Protocol, p.Port)] = rule.To
+		}
+	}
+	for _, want := range []string{"UDP/53", "TCP/53", "TCP/4222", "TCP/443"} {
+		if _, ok := egress[want]; !ok {
+			t.Errorf("egress %v: no rule for %s", slices.Collect(maps.Keys(egress)), want)
+		}
+	}
+	if to := egress["TCP/4222"]; len(to) != 1 || to[0].NamespaceSelector.MatchLabels["kubernetes.io/metadata.name"] != "nats" {
+		t.Errorf("NATS egress to %+v, want the nats namespace", to)
+	}
+	if to := egress["UDP/53"]; len(to) != 1 || to[0].PodSelector.MatchLabels["k8s-app"] != "kube-dns" {
+		t.Errorf("DNS egress to %+v, want kube-dns", to)
+	}
+	if to := egress["TCP/443"]; len(to) != 0 {
+		t.Errorf("API egress to %+v, want anywhere ([])", to)
 	}
 	var testPod corev1.Pod
 	r.one(t, "Pod", fullname+"-test-readyz", &testPod)
@@ -853,6 +882,28 @@ func TestNetworkPolicy(t *testing.T) {
 	}
 	if len(np.Spec.Ingress) != 2 {
 		t.Errorf("%d ingress rules, want 2", len(np.Spec.Ingress))
+	}
+}
+
+// TestNetworkPolicyEmptyMeansEveryone: [] means every source on both ports,
+// as a Kubernetes rule without `from` does (it used to block Prometheus on
+// the admin port), and without egress.enabled no egress is restricted.
+func TestNetworkPolicyEmptyMeansEveryone(t *testing.T) {
+	t.Parallel()
+	r := render(t, append(slices.Clone(threeValues), "--set", "networkPolicy.enabled=true",
+		"--set-json", "networkPolicy.public.from=[]", "--set-json", "networkPolicy.metrics.from=[]")...)
+	var np networkingv1.NetworkPolicy
+	r.one(t, "NetworkPolicy", fullname, &np)
+	if len(np.Spec.Ingress) != 2 {
+		t.Fatalf("%d ingress rules, want 2", len(np.Spec.Ingress))
+	}
+	for _, rule := range np.Spec.Ingress {
+		if len(rule.From) != 0 {
+			t.Errorf("port %s: from %+v, want no from (every source)", rule.Ports[0].Port.String(), rule.From)
+		}
+	}
+	if !slices.Equal(np.Spec.PolicyTypes, []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}) || len(np.Spec.Egress) != 0 {
+		t.Errorf("policy types %v egress %+v, want ingress only", np.Spec.PolicyTypes, np.Spec.Egress)
 	}
 }
 

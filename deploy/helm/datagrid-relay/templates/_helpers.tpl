@@ -38,6 +38,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ include "relay.imageTag" . | trunc 63 | trimSuffix "-" | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: datagrid-relay
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -167,6 +170,15 @@ Fails the render on combinations the schema cannot express.
 {{- if le $grace $needed }}
 {{- fail (printf "terminationGracePeriodSeconds (%d) must be longer than config.shutdownTimeoutSeconds + preStopSleepSeconds (%d), or Kubernetes kills the relay mid-shutdown" $grace $needed) }}
 {{- end }}
+{{- if lt (.Values.config.maxInflightBytes | int64) (.Values.config.maxBodyBytes | int64) }}
+{{- fail (printf "config.maxInflightBytes (%d) must be at least config.maxBodyBytes (%d): one delivery must fit the budget" (.Values.config.maxInflightBytes | int64) (.Values.config.maxBodyBytes | int64)) }}
+{{- end }}
+{{- if and .Values.httpRoute.enabled (not .Values.httpRoute.parentRefs) }}
+{{- fail "httpRoute.enabled needs httpRoute.parentRefs: the Gateway(s) the route attaches to" }}
+{{- end }}
+{{- if and .Values.httpRoute.enabled (not (or .Values.publicUrl .Values.httpRoute.hostnames)) }}
+{{- fail "httpRoute.enabled needs publicUrl (or httpRoute.hostnames): the route takes its host from it" }}
+{{- end }}
 {{- if and .Values.autoscaling.enabled (lt (.Values.autoscaling.maxReplicas | int) (.Values.autoscaling.minReplicas | int)) }}
 {{- fail "autoscaling.maxReplicas must be at least autoscaling.minReplicas" }}
 {{- end }}
@@ -212,6 +224,9 @@ contexts, the configuration, secrets and NATS files. Call with a dict:
 {{- with $root -}}
 serviceAccountName: {{ include "relay.serviceAccountName" . }}
 automountServiceAccountToken: false
+# The relay reads no Service variables; a namespace with many Services would
+# otherwise fill its environment.
+enableServiceLinks: false
 {{- with .Values.imagePullSecrets }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
@@ -256,6 +271,16 @@ containers:
             name: {{ include "relay.secretName" . }}
             key: {{ .Values.secretKeys.natsToken }}
       {{- end }}
+      {{- if and $.resources $.resources.limits $.resources.limits.memory }}
+      # The Go runtime's soft memory limit: the container's memory limit,
+      # read from the pod spec (the binary does not read its cgroup).
+      - name: GOMEMLIMIT
+        valueFrom:
+          resourceFieldRef:
+            containerName: relay
+            resource: limits.memory
+            divisor: "1"
+      {{- end }}
       {{- with .Values.extraEnv }}
       {{- toYaml . | nindent 6 }}
       {{- end }}
@@ -267,7 +292,7 @@ containers:
       - name: admin
         containerPort: {{ .Values.containerPorts.admin }}
         protocol: TCP
-    {{- range $name, $path := dict "startupProbe" "/healthz" "livenessProbe" "/healthz" "readinessProbe" "/readyz" }}
+    {{- range $name, $path := dict "livenessProbe" "/healthz" "readinessProbe" "/readyz" }}
     {{- $p := get $root.Values $name }}
     {{- if $p.enabled }}
     {{ $name }}:
@@ -278,6 +303,9 @@ containers:
     {{- end }}
     {{- end }}
     {{- if gt (.Values.preStopSleepSeconds | int) 0 }}
+    {{- if and .Values.capabilitiesCheck (semverCompare "<1.30.0-0" .Capabilities.KubeVersion.Version) }}
+    {{- fail (printf "preStopSleepSeconds needs the preStop sleep action of Kubernetes >= 1.30; this cluster is %s. Set preStopSleepSeconds=0 (the image has no shell for a sleep command), or upgrade the cluster." .Capabilities.KubeVersion.Version) }}
+    {{- end }}
     lifecycle:
       preStop:
         sleep:
@@ -298,6 +326,9 @@ containers:
       - name: nats-tls
         mountPath: /etc/relay/nats-tls
         readOnly: true
+      {{- end }}
+      {{- with .Values.extraVolumeMounts }}
+      {{- toYaml . | nindent 6 }}
       {{- end }}
 volumes:
   - name: tmp
@@ -335,6 +366,9 @@ volumes:
         - key: {{ . }}
           path: tls.key
         {{- end }}
+  {{- end }}
+  {{- with .Values.extraVolumes }}
+  {{- toYaml . | nindent 2 }}
   {{- end }}
 {{- end }}
 {{- end }}
