@@ -113,8 +113,11 @@ over loopback, alternating over rounds. Run it from the relay's checkout.
 		return 1
 	}
 	rep.Command = "go run ./cmd/relaybench"
-	if len(args) > 0 {
-		rep.Command += " " + strings.Join(args, " ")
+	for _, a := range args {
+		if strings.ContainsAny(a, " \t'\"$") {
+			a = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+		}
+		rep.Command += " " + a
 	}
 	if *out != "" {
 		if werr := bench.UpdateFile(*out, rep); werr != nil {
