@@ -146,11 +146,13 @@ func Run(ctx context.Context, o Options, stdout, stderr io.Writer) (err error) {
 	defer stopSub()
 
 	// 5. The simulator's sender, once the relay has registered.
-	sender := &sender{api: api, url: deliveryURL, out: out, interval: time.Duration(float64(time.Second) / o.Rate), forge: o.ForgeSignatures}
+	sender := &sender{api: api, url: deliveryURL, readyz: adminURL + "/readyz", out: out, interval: time.Duration(float64(time.Second) / o.Rate), forge: o.ForgeSignatures}
+	sendCtx, stopSending := context.WithCancel(ctx)
 	var senderDone sync.WaitGroup
-	senderDone.Go(func() { sender.run(ctx) })
+	senderDone.Go(func() { sender.run(sendCtx) })
+	defer cancel() // then stops the relay and the subscriber
 	defer senderDone.Wait()
-	defer cancel() // first on the way out: stops the sender, the relay and the subscriber
+	defer stopSending() // first on the way out: the sender lets its delivery in flight finish
 
 	count := 0
 	for {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"strings"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 type sender struct {
 	api      *datagridtest.Server
 	url      string
+	readyz   string // the relay's /readyz: sending starts once it answers 200
 	out      *printer
 	interval time.Duration
 	forge    bool
@@ -75,11 +77,13 @@ func (s *sender) run(ctx context.Context) {
 }
 
 // awaitRegistration waits for the relay's webhook to appear at the
-// simulator, enabled, and returns its id ("" when ctx ended).
+// simulator, enabled, and for the relay to be ready (the webhook exists a
+// moment before the relay has stored and loaded its secret), and returns
+// its id ("" when ctx ended).
 func (s *sender) awaitRegistration(ctx context.Context) string {
 	for {
 		for _, wh := range s.api.Webhooks() {
-			if wh.URL == publicURL && wh.Enabled {
+			if wh.URL == publicURL && wh.Enabled && s.relayReady(ctx) {
 				return wh.ID
 			}
 		}
@@ -91,13 +95,31 @@ func (s *sender) awaitRegistration(ctx context.Context) string {
 	}
 }
 
+// relayReady reports whether the relay's /readyz answers 200.
+func (s *sender) relayReady(ctx context.Context) bool {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.readyz, nil)
+	if err != nil {
+		return false
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return false
+	}
+	_ = resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
 // deliver sends d signed like Datagrid and reports whether it was accepted.
 func (s *sender) deliver(ctx context.Context, webhookID string, d delivery) bool {
 	secret := s.api.Secret(webhookID)
 	if s.forge {
 		secret = "whsec_forged_by_the_demo" //nolint:gosec // G101: a deliberately wrong secret
 	}
-	status, answer, err := sample.Send(ctx, s.url, secret, d.body, time.Now())
+	// A delivery is not cut off when the demo stops: it is answered, as
+	// the relay's graceful shutdown promises, within the relay's timeouts.
+	sendCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	status, answer, err := sample.Send(sendCtx, s.url, secret, d.body, time.Now())
 	switch {
 	case ctx.Err() != nil:
 		return false
