@@ -354,3 +354,44 @@ func TestRotateAlternatesTheOrder(t *testing.T) {
 		}
 	}
 }
+
+func TestReportRatiosAndProblems(t *testing.T) {
+	run := func(round int, target string, rate float64, cpu time.Duration, p99 time.Duration, status map[int]int, check *CheckResult) RunResult {
+		n := int(rate) // one second measured
+		lat := make([]time.Duration, n)
+		for i := range lat {
+			lat[i] = p99
+		}
+		return RunResult{Scenario: "c64-1KiB", Round: round, Target: target, CPU: cpu * time.Duration(n),
+			Load: LoadResult{Requests: n, Elapsed: time.Second, Latencies: lat, Status: status}, Check: check}
+	}
+	ok := &CheckResult{Acked: 1}
+	rep := &Report{
+		Options: Options{Scenarios: DefaultScenarios()[:1], Targets: []string{TargetRelay, TargetBaseline, TargetBare}},
+		Runs: []RunResult{
+			run(1, TargetRelay, 800, 100*time.Microsecond, 20*time.Millisecond, map[int]int{200: 800}, ok),
+			run(1, TargetBaseline, 1000, 125*time.Microsecond, 10*time.Millisecond, map[int]int{200: 1000}, ok),
+			run(1, TargetBare, 4000, 40*time.Microsecond, 5*time.Millisecond, map[int]int{204: 4000}, nil),
+			run(2, TargetRelay, 1200, 100*time.Microsecond, 10*time.Millisecond, map[int]int{200: 1200}, &CheckResult{Acked: 2, Lost: []string{"evt_x"}}),
+			run(2, TargetBaseline, 1000, 100*time.Microsecond, 10*time.Millisecond, map[int]int{503: 1000}, ok),
+		},
+	}
+	rs := rep.Ratios("c64-1KiB")
+	if len(rs) != 2 || rs[0].Throughput != 0.8 || rs[0].CPU != 0.8 || rs[0].P99 != 2 || !rs[0].HaveBare || rs[0].P99OverBare != 4 || rs[1].HaveBare {
+		t.Fatalf("got ratios %+v", rs)
+	}
+	if md := MedianRatios(rs); md.Throughput != 1.0 || md.CPU != 0.9 {
+		t.Fatalf("got medians %+v, want throughput 1.0 and CPU 0.9", md)
+	}
+	probs := strings.Join(rep.Problems(), "\n")
+	if !strings.Contains(probs, "round 2 relay: stream:") || !strings.Contains(probs, "round 2 baseline: no delivery answered 2xx") || strings.Count(probs, "\n") != 1 {
+		t.Fatalf("got problems:\n%s\nwant the lost id and the baseline without 2xx, nothing else", probs)
+	}
+	var md strings.Builder
+	rep.WriteMarkdown(&md)
+	for _, want := range []string{"| c64-1KiB | 2 | 1.00× | 0.90× |", "| c64-1KiB deliveries/s ≥ 1.30× baseline | 1.00× | **no** |", "1 lost"} {
+		if !strings.Contains(md.String(), want) {
+			t.Errorf("markdown lacks %q", want)
+		}
+	}
+}
