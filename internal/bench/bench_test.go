@@ -281,8 +281,8 @@ func TestLoadIsBoundedAndLeavesNothingRunning(t *testing.T) {
 	srv.Close()
 }
 
-func TestLoadRefusesNonLoopback(t *testing.T) {
-	for _, u := range []string{"http://192.0.2.1:8080/", "http://example.com/", "http://10.0.0.1/"} {
+func TestLoadRefusesNonLoopbackAndHTTPS(t *testing.T) {
+	for _, u := range []string{"http://192.0.2.1:8080/", "http://example.com/", "http://10.0.0.1/", "https://127.0.0.1/"} {
 		if _, err := Load(context.Background(), LoadConfig{URL: u, Concurrency: 1, MaxRequests: 1, Duration: time.Second}); err == nil {
 			t.Errorf("%s: got no error, want a refusal", u)
 		}

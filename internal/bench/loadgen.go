@@ -106,16 +106,23 @@ func Load(ctx context.Context, cfg LoadConfig) (LoadResult, error) {
 	if cfg.Concurrency < 1 || cfg.MaxRequests < 1 || cfg.Duration <= 0 {
 		return LoadResult{}, errors.New("load: concurrency, max requests and duration must be positive")
 	}
+	if _, err := newClient(cfg.URL, time.Second); err != nil {
+		return LoadResult{}, err
+	}
 	start := time.Now()
 	stopAt := start.Add(cfg.Warmup + cfg.Duration)
-	ctx, cancel := context.WithDeadline(ctx, stopAt.Add(60*time.Second))
-	defer cancel()
+	measured := make(chan struct{})
 	measure := time.AfterFunc(cfg.Warmup, func() {
+		defer close(measured)
 		if cfg.OnMeasure != nil {
 			cfg.OnMeasure()
 		}
 	})
-	defer measure.Stop()
+	defer func() {
+		if !measure.Stop() {
+			<-measured // the caller may read what OnMeasure wrote
+		}
+	}()
 
 	tmpl := newBodyTemplate(cfg.BodySize, start.Unix())
 	var issued atomic.Int64
@@ -125,10 +132,7 @@ func Load(ctx context.Context, cfg LoadConfig) (LoadResult, error) {
 	var wg sync.WaitGroup
 	for w := range cfg.Concurrency {
 		wg.Go(func() {
-			cl, err := newClient(cfg.URL, 30*time.Second)
-			if err != nil {
-				panic(err) // CheckLoopback parsed the same URL
-			}
+			cl, _ := newClient(cfg.URL, 30*time.Second) // checked above
 			defer cl.close()
 			var own []sample
 			status := map[int]int{}
