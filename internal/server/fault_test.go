@@ -16,6 +16,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/datagrid-relay/relay/internal/datagrid/datagridtest"
 	"github.com/datagrid-relay/relay/internal/natstest"
 	"github.com/datagrid-relay/relay/internal/relaytest"
 	"github.com/datagrid-relay/relay/internal/signature"
@@ -445,6 +446,9 @@ func outcomes(t *testing.T, admin string) map[string]float64 {
 	}
 	sums := map[string]float64{}
 	for line := range strings.SplitSeq(m.Body, "\n") {
+		if !strings.HasPrefix(line, "datagrid_relay_deliveries_total{") {
+			continue
+		}
 		if s := outcomeSample.FindStringSubmatch(line); s != nil {
 			v, _ := strconv.ParseFloat(s[2], 64)
 			sums[s[1]] += v
@@ -563,5 +567,126 @@ func TestAdoptedStreamMaxMsgSizeLowersTheLimit(t *testing.T) {
 	o := outcomes(t, r.admin)
 	if o["too_large"] != 2 || o["unavailable"] != 0 || o["published"] != 2 {
 		t.Errorf("outcomes: too_large %v, unavailable %v, published %v; want 2, 0, 2", o["too_large"], o["unavailable"], o["published"])
+	}
+}
+
+// TestStateBucketLostWhileTwoRelaysRun deletes the key-value bucket under
+// two relays that register themselves with the (fake) Datagrid API, then
+// restarts one of them, which finds no state and repairs the registration.
+// The relay that did not restart must follow: Datagrid signs with whatever
+// webhook it has now, and no delivery signed that way is refused by either
+// relay for more than a few seconds.
+func TestStateBucketLostWhileTwoRelaysRun(t *testing.T) {
+	const key, url = "dg_fault_test_key", "https://relay.example.com/webhooks/datagrid"
+	ns := natstest.Start(t, nil)
+	api, err := datagridtest.Start(datagridtest.Options{APIKey: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = api.Close() })
+	env := map[string]string{
+		"RELAY_WEBHOOK_SECRET": "", "DATAGRID_API_KEY": key, "DATAGRID_BASE_URL": api.URL(),
+		// Reconciles far apart enough that the restarted relay, not the one
+		// that stays, is the first to find the bucket gone.
+		"RELAY_PUBLIC_URL": url, "RELAY_RECONCILE_INTERVAL": "3s",
+	}
+	stay, restarted := start(t, ns.ClientURL(), env, nil), start(t, ns.ClientURL(), env, nil)
+	for _, r := range []*relay{stay, restarted} {
+		relaytest.WaitStatus(t, 20*time.Second, r.admin+"/readyz", 200)
+	}
+	// Datagrid's side: the secret of the one enabled webhook for our URL.
+	current := func() (string, bool) {
+		var ids []string
+		for _, wh := range api.Webhooks() {
+			if wh.URL == url && wh.Enabled {
+				ids = append(ids, wh.ID)
+			}
+		}
+		if len(ids) != 1 {
+			return "", false
+		}
+		return api.Secret(ids[0]), true
+	}
+
+	// Datagrid delivering to the relay that stays up: each event retried
+	// until a 2xx, signed with whatever secret Datagrid has at that moment.
+	var (
+		stop     atomic.Bool
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		stored   int
+		longest  time.Duration
+		problems []string
+	)
+	wg.Go(func() {
+		for i := 0; i < 100000 && !stop.Load(); i++ {
+			id := fmt.Sprintf("evt_kv_%d", i)
+			var firstRefusal time.Time
+			for attempt := 0; !stop.Load(); attempt++ {
+				var resp relaytest.Response
+				var err error
+				if s, ok := current(); ok {
+					resp, err = relaytest.Post(stay.delivery, s, relaytest.Envelope(id, "batch_prediction.completed"))
+				} else {
+					resp.Status = -1 // Datagrid itself is between two webhooks: nothing is sent
+				}
+				if err == nil && resp.Status == 200 {
+					mu.Lock()
+					stored++
+					if !firstRefusal.IsZero() {
+						longest = max(longest, time.Since(firstRefusal))
+					}
+					mu.Unlock()
+					break
+				}
+				if err != nil || (resp.Status != 401 && resp.Status != 503 && resp.Status != -1) || attempt == 5000 {
+					mu.Lock()
+					problems = append(problems, fmt.Sprintf("%s: got %d %q %v", id, resp.Status, resp.Body, err))
+					mu.Unlock()
+					break
+				}
+				if firstRefusal.IsZero() && resp.Status != -1 {
+					firstRefusal = time.Now()
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
+	})
+	halt := func() { stop.Store(true); wg.Wait() }
+	t.Cleanup(halt)
+	storedCount := func() int { mu.Lock(); defer mu.Unlock(); return stored }
+	relaytest.WaitFor(t, 10*time.Second, "deliveries before the bucket is lost", func() bool { return storedCount() >= 10 })
+
+	js := natstest.JetStream(t, ns.ClientURL())
+	if err := js.DeleteKeyValue(context.Background(), "datagrid_relay"); err != nil {
+		t.Fatal(err)
+	}
+	restarted.stop(t)
+	again := start(t, ns.ClientURL(), env, nil)
+	relaytest.WaitStatus(t, 20*time.Second, again.admin+"/readyz", 200)
+	before := storedCount()
+	relaytest.WaitFor(t, 20*time.Second, "deliveries stored after the restart", func() bool { return storedCount() >= before+20 })
+
+	// Both relays accept what Datagrid signs now, and say they are ready.
+	relaytest.WaitFor(t, 10*time.Second, "one webhook for our URL at Datagrid", func() bool { _, ok := current(); return ok })
+	s, _ := current()
+	for k, r := range []*relay{stay, again} {
+		resp, err := relaytest.Post(r.delivery, s, relaytest.Envelope(fmt.Sprintf("evt_kv_after_%d", k), "batch_prediction.completed"))
+		if err != nil || resp.Status != 200 {
+			t.Errorf("relay %d with Datagrid's current secret: got %d %q %v, want 200", k, resp.Status, resp.Body, err)
+		}
+		if got, _ := relaytest.Get(r.admin + "/readyz"); got.Status != 200 {
+			t.Errorf("relay %d readyz: got %d %q, want 200", k, got.Status, got.Body)
+		}
+	}
+	halt()
+	mu.Lock()
+	defer mu.Unlock()
+	for _, p := range problems {
+		t.Errorf("delivery not retried to success: %s", p)
+	}
+	t.Logf("%d deliveries stored; longest refusal of a delivery Datagrid signed: %s", stored, longest)
+	if longest > 5*time.Second {
+		t.Errorf("a delivery signed with Datagrid's current secret was refused for %s, want at most 5s", longest)
 	}
 }
