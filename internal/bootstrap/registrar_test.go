@@ -493,7 +493,7 @@ func TestUnreachableAPI(t *testing.T) {
 		if err := a.stop(); err != nil {
 			t.Fatal(err)
 		}
-		f.api.FailNextWith(1_000_000, datagridtest.Fault{Status: 503})
+		f.api.FailNextWith(1000, datagridtest.Fault{Status: 503}) // more than this test makes
 		b := f.replica("a-restarted", nil).run()
 		relaytest.WaitFor(t, 10*time.Second, "a failed reconcile to be counted", func() bool { return b.reconciles(ReconcileFailed) >= 1 })
 		if !b.acceptsOnly(f.api.Secret(id)) || b.Check() != nil {
