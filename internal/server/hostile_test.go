@@ -633,8 +633,8 @@ func TestHostileCatalogue(t *testing.T) {
 	if resp, err := relaytest.Post(r.delivery, secret, relaytest.Envelope("evt_hostile_replayed", "batch_prediction.completed")); err != nil || resp.Status != 200 {
 		t.Fatalf("first delivery: %d %v", resp.Status, err)
 	}
-	m, _ := relaytest.Get(r.admin + "/metrics")
-	limit := int(metricValue(m.Body, "datagrid_relay_delivery_body_limit_bytes"))
+	m, _ := scrape(r.admin)
+	limit := int(metricValue(m, "datagrid_relay_delivery_body_limit_bytes"))
 	if limit <= 0 {
 		t.Fatalf("no body limit in metrics")
 	}

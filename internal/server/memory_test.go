@@ -196,8 +196,8 @@ func TestSlowClientsCannotExhaustMemory(t *testing.T) {
 watch:
 	for {
 		peakHeap = max(peakHeap, liveHeap())
-		if m, err := relaytest.Get(r.admin + "/metrics"); err == nil {
-			peakHeld = max(peakHeld, metricValue(m.Body, "datagrid_relay_inflight_body_bytes"))
+		if m, err := scrape(r.admin); err == nil {
+			peakHeld = max(peakHeld, metricValue(m, "datagrid_relay_inflight_body_bytes"))
 		}
 		select {
 		case <-finished:
@@ -248,8 +248,8 @@ watch:
 	// The budget is whole again; the idle keep-alives are still open (they
 	// follow the idle timeout) and usable.
 	relaytest.WaitFor(t, 5*time.Second, "the body budget to be free again", func() bool {
-		m, _ := relaytest.Get(r.admin + "/metrics")
-		return metricValue(m.Body, "datagrid_relay_inflight_body_bytes") == 0
+		m, _ := scrape(r.admin)
+		return metricValue(m, "datagrid_relay_inflight_body_bytes") == 0
 	})
 	for i, conn := range idleConns {
 		body := relaytest.Envelope(fmt.Sprintf("evt_idle_again_%d", i), "batch_prediction.completed")
@@ -340,11 +340,11 @@ func TestMemoryBudgetSpentAnswersOverloaded(t *testing.T) {
 	}, nil)
 	relaytest.WaitStatus(t, 10*time.Second, r.admin+"/readyz", 200)
 	addr := strings.TrimPrefix(strings.TrimSuffix(r.delivery, "/webhooks/datagrid"), "http://")
-	m, _ := relaytest.Get(r.admin + "/metrics")
-	limit := int(metricValue(m.Body, "datagrid_relay_delivery_body_limit_bytes"))
+	m, _ := scrape(r.admin)
+	limit := int(metricValue(m, "datagrid_relay_delivery_body_limit_bytes"))
 	held := func() float64 {
-		m, _ := relaytest.Get(r.admin + "/metrics")
-		return metricValue(m.Body, "datagrid_relay_inflight_body_bytes")
+		m, _ := scrape(r.admin)
+		return metricValue(m, "datagrid_relay_inflight_body_bytes")
 	}
 
 	// Bodies held half-sent spend the budget down to less than two first
