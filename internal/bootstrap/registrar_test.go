@@ -883,3 +883,84 @@ func TestCreatesAreBudgeted(t *testing.T) {
 		t.Fatal("registration_healthy should be 0 while no webhook can be registered")
 	}
 }
+
+// keyringWatch samples replicas' keyrings until stopped and reports whether
+// any of them was ever empty: a replica with an empty keyring refuses every
+// delivery (503).
+func keyringWatch(rs ...*replica) (stop func() (emptied bool)) {
+	var emptied atomic.Bool
+	done, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
+		for {
+			for _, r := range rs {
+				if len(r.Keyring().Accepted()) == 0 {
+					emptied.Store(true)
+				}
+			}
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return func() bool {
+		close(done)
+		<-stopped
+		return emptied.Load()
+	}
+}
+
+// TestClaimsKeepTheSecrets: while a replica re-registers (the webhook was
+// deleted at Datagrid) or relay rotate creates the new webhook, the claim in
+// the store keeps the current secrets, so no replica's keyring is emptied
+// meanwhile; the creates are slowed to widen the window. Before the fix
+// (issue 9, defect 3) a claim held no secret and emptied every replica's
+// keyring until the new webhook was stored: 503 for every delivery.
+func TestClaimsKeepTheSecrets(t *testing.T) {
+	f := newFixture(t)
+	a, b := f.replica("a", nil).run(), f.replica("b", nil).run()
+	first := f.waitRegistered(10*time.Second, a, b)
+	f.api.SetLatencyFor("POST", "/v1/webhooks", 500*time.Millisecond)
+
+	t.Run("re-registration", func(t *testing.T) {
+		stop := keyringWatch(a, b)
+		f.api.Remove(first)
+		relaytest.WaitFor(t, 10*time.Second, "a claim while the new webhook is created", func() bool {
+			return f.stored().Pending != nil
+		})
+		second := f.waitRegistered(10*time.Second, a, b)
+		if stop() {
+			t.Error("a replica's keyring was empty while the webhook was re-registered")
+		}
+		if second == first || f.creates() != 2 {
+			t.Fatalf("got webhook %s after %d creates, want a new one after 2", second, f.creates())
+		}
+	})
+	t.Run("rotation", func(t *testing.T) {
+		current := f.onlyWebhook()
+		stop := keyringWatch(a, b)
+		rotated := make(chan State, 1)
+		go func() {
+			st, err := f.replica("cli", nil).Rotate(context.Background())
+			if err != nil {
+				t.Error(err)
+			}
+			rotated <- st
+		}()
+		relaytest.WaitFor(t, 10*time.Second, "the rotation's claim", func() bool { return f.stored().Pending != nil })
+		st := <-rotated
+		relaytest.WaitFor(t, 5*time.Second, "both replicas to accept both secrets", func() bool {
+			return a.acceptsOnly(st.Secret, f.api.Secret(current)) && b.acceptsOnly(st.Secret, f.api.Secret(current))
+		})
+		if stop() {
+			t.Error("a replica's keyring was empty during the rotation")
+		}
+		if n := f.creates(); n != 3 {
+			t.Fatalf("creates: got %d, want 3 (the replicas created none of their own during the rotation)", n)
+		}
+	})
+}
