@@ -526,10 +526,19 @@ func TestRotation(t *testing.T) {
 	if _, err := cli.Rotate(context.Background()); err == nil || !strings.Contains(err.Error(), "still in its grace period") {
 		t.Fatalf("second rotation: got %v, want a refusal during the grace period", err)
 	}
+	// A replica (re)started during the grace period takes both from the
+	// store, and creates nothing.
+	c := f.replica("c", nil).run()
+	relaytest.WaitFor(t, 5*time.Second, "a replica started during the grace to accept both secrets", func() bool {
+		return c.acceptsOnly(oldSecret, st.Secret)
+	})
 	base := a.reconciles(ReconcileOK)
 	relaytest.WaitFor(t, 5*time.Second, "reconciles during the grace period", func() bool { return a.reconciles(ReconcileOK) >= base+3 })
-	if _, ok := f.api.Webhook(old); !ok || !a.acceptsOnly(oldSecret, st.Secret) {
+	if _, ok := f.api.Webhook(old); !ok || !a.acceptsOnly(oldSecret, st.Secret) || !c.acceptsOnly(oldSecret, st.Secret) {
 		t.Fatal("the previous webhook or its secret went before the grace period ended")
+	}
+	if n := f.creates(); n != 2 {
+		t.Fatalf("creates: got %d, want 2 (the registration and the rotation)", n)
 	}
 
 	f.clock.advance(time.Minute)
@@ -537,7 +546,7 @@ func TestRotation(t *testing.T) {
 		_, ok := f.api.Webhook(old)
 		return !ok
 	})
-	if !a.acceptsOnly(st.Secret) {
+	if !a.acceptsOnly(st.Secret) || !c.acceptsOnly(st.Secret) {
 		t.Fatal("the old secret is still accepted after the grace")
 	}
 	relaytest.WaitFor(t, 5*time.Second, "the previous webhook to leave the state", func() bool { return f.stored().Previous == nil })
