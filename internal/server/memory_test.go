@@ -418,3 +418,46 @@ func TestMemoryBudgetSpentAnswersOverloaded(t *testing.T) {
 		t.Errorf("stored: %v, want evt_overloaded and evt_fits once each", ids)
 	}
 }
+
+// TestHugeLimitsWithoutNATS is defect 1's crash: with the largest
+// RELAY_MAX_BODY_BYTES and NATS not yet connected (so the server's
+// max_payload is unknown), a request declaring an enormous body made the
+// relay reserve it (a panic, or out of memory). Now nothing is reserved on
+// the declared length: the relay answers, stays up, and its heap does not
+// move.
+func TestHugeLimitsWithoutNATS(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nowhere := "nats://" + ln.Addr().String()
+	_ = ln.Close() // nothing listens there now
+	r := start(t, nowhere, map[string]string{
+		"RELAY_MAX_BODY_BYTES":     "67108864",
+		"RELAY_MAX_INFLIGHT_BYTES": "67108864",
+	}, nil)
+	ready := relaytest.WaitStatus(t, 10*time.Second, r.admin+"/readyz", 503)
+	if !strings.Contains(ready.Body, "nats") {
+		t.Errorf("readyz: got %q, want the reason to name nats", ready.Body)
+	}
+	addr := strings.TrimPrefix(strings.TrimSuffix(r.delivery, "/webhooks/datagrid"), "http://")
+	baseline := liveHeap()
+	for _, declared := range []string{"9223372036854775807", "67108864", "1044000"} {
+		req := rawRequest{method: "POST", target: "/webhooks/datagrid", body: []byte(`{"id":"evt_huge"`), contentLength: declared,
+			closeWrite: true, header: []string{fmt.Sprintf("%s: t=%d,v1=%s", signature.Header, time.Now().Unix(), strings.Repeat("0", 64))}}
+		resp, body, err := req.send(addr)
+		if err != nil || resp.StatusCode != 400 || strings.TrimSpace(string(body)) != `{"error":"could not read body"}` {
+			t.Errorf("Content-Length %s, 16 bytes sent: got %v %q %v, want 400 could not read body", declared, resp, body, err)
+		}
+	}
+	if grown := int64(liveHeap()) - int64(baseline); grown > 4<<20 {
+		t.Errorf("live heap grew by %d bytes for bodies that were never sent", grown)
+	}
+	resp, err := relaytest.Post(r.delivery, secret, relaytest.Envelope("evt_no_nats", "batch_prediction.completed"))
+	if err != nil || resp.Status != 503 || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("delivery without NATS: got %d %q %v, want 503 with Retry-After", resp.Status, resp.Body, err)
+	}
+	if got, err := relaytest.Get(r.admin + "/healthz"); err != nil || got.Status != 200 {
+		t.Errorf("healthz after the huge requests: got %d %v, want 200", got.Status, err)
+	}
+}
