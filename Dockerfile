@@ -9,9 +9,16 @@
 # Multi-platform: docker buildx build --platform linux/amd64,linux/arm64 ...
 # (the binary is cross-compiled on the build machine's platform).
 
-ARG GO_VERSION=1.26.8
-
-FROM --platform=$BUILDPLATFORM golang:${GO_VERSION} AS build
+# Base images are pinned by digest (multi-platform index digests), so a
+# rebuild of the same commit uses the same bytes; the tag says which release
+# the digest is. To move to a newer patch or a rebuilt base, take the digest
+# the registry serves now and check the image's signature, e.g.
+#   crane digest golang:1.26.8
+#   crane digest gcr.io/distroless/static-debian12:nonroot
+#   cosign verify gcr.io/distroless/static-debian12:nonroot@sha256:... \
+#     --certificate-oidc-issuer https://accounts.google.com \
+#     --certificate-identity keyless@distroless.iam.gserviceaccount.com
+FROM --platform=$BUILDPLATFORM golang:1.26.8@sha256:3c3e25a4da13fd0478eed2df1eb35a0e667094a7124d3993a6a1d30f71c17e79 AS build
 WORKDIR /src
 
 # Dependencies first: this layer is reused until go.mod or go.sum change.
@@ -33,7 +40,7 @@ RUN --mount=type=cache,target=/go/pkg/mod \
       -ldflags "-s -w -X main.version=${VERSION} -X main.commit=${COMMIT}" \
       -o /relay ./cmd/relay
 
-FROM gcr.io/distroless/static-debian12:nonroot
+FROM gcr.io/distroless/static-debian12:nonroot@sha256:afa5c872c891853ca7fcf1f12c3edb23f7eeef36189728842dd51042ff57f7ab
 
 ARG VERSION=dev
 ARG COMMIT=unknown

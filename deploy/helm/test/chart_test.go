@@ -1,6 +1,8 @@
 package test
 
 import (
+	"os"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -186,5 +188,40 @@ func TestInflightBudgetBelowBodyLimit(t *testing.T) {
 	_, err := helmTemplate(t, append(slices.Clone(threeValues), "--set", "config.maxInflightBytes=1000")...)
 	if err == nil || !strings.Contains(err.Error(), "config.maxInflightBytes (1000) must be at least config.maxBodyBytes (1048576)") {
 		t.Errorf("got %v, want the budget refused", err)
+	}
+}
+
+// TestDockerfilePinned: every base image of the relay's image is pinned by
+// digest, and the builder's Go is the release go.mod names (the official
+// image sets GOTOOLCHAIN=local, so it would not fetch a newer one).
+func TestDockerfilePinned(t *testing.T) {
+	t.Parallel()
+	b, err := os.ReadFile("../../../Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gomod, err := os.ReadFile("../../../go.mod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	goVersion := regexp.MustCompile(`(?m)^go (\S+)$`).FindSubmatch(gomod)
+	from := regexp.MustCompile(`(?m)^FROM\s+(?:--platform=\S+\s+)?(\S+)`)
+	pinned := regexp.MustCompile(`^[^@\s]+:[^@\s]+@sha256:[a-f0-9]{64}$`)
+	n := 0
+	for _, m := range from.FindAllSubmatch(b, -1) {
+		img := string(m[1])
+		if img == "scratch" {
+			continue
+		}
+		n++
+		if !pinned.MatchString(img) {
+			t.Errorf("FROM %s: want image:tag@sha256:<digest>", img)
+		}
+		if strings.HasPrefix(img, "golang:") && goVersion != nil && !strings.HasPrefix(img, "golang:"+string(goVersion[1])+"@") {
+			t.Errorf("FROM %s: want golang:%s (go.mod)", img, goVersion[1])
+		}
+	}
+	if n < 2 {
+		t.Errorf("found %d base images in the Dockerfile, want the builder and the runtime", n)
 	}
 }
