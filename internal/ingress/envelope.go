@@ -47,7 +47,7 @@ var envelopeKeys = [...]string{"id", "event_type", "timestamp"}
 // returns what it could read even with an error: the id, when usable, keys
 // the quarantined copy.
 func parseEnvelope(body []byte) (envelope, error) {
-	if !json.Valid(body) {
+	if !validJSON(body) {
 		return envelope{}, errNotJSON
 	}
 	var raw [len(envelopeKeys)][]byte
