@@ -9,9 +9,11 @@ import (
 	"net/http"
 	"runtime"
 	"runtime/metrics"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -51,6 +53,7 @@ func liveHeap() uint64 {
 type slowConn struct {
 	closedAfter time.Duration
 	statusLine  string
+	readErr     error // how the connection ended for the client
 }
 
 // holdSlow dials addr, writes head, then trickles drip every interval until
@@ -69,11 +72,12 @@ func holdSlow(addr, head, drip string, interval time.Duration, stop <-chan struc
 	}
 	closed := make(chan slowConn, 1)
 	go func() {
-		line, _ := bufio.NewReader(conn).ReadString('\n') // the answer, if any, then EOF
+		br := bufio.NewReader(conn)
+		line, err := br.ReadString('\n') // the answer, if any, then EOF
 		if line != "" {
-			_, _ = io.Copy(io.Discard, conn)
+			_, err = io.Copy(io.Discard, br)
 		}
-		closed <- slowConn{closedAfter: time.Since(dialed), statusLine: strings.TrimSpace(line)}
+		closed <- slowConn{closedAfter: time.Since(dialed), statusLine: strings.TrimSpace(line), readErr: err}
 	}()
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
@@ -241,7 +245,22 @@ watch:
 	// at once on a loaded machine are accepted late, so the bound here is
 	// loose; TestSlowClientsCutAtReadTimeout times a few to the tenth.
 	mu.Lock()
-	checkCut(t, "slow bodies", bodies, slowBodies, "HTTP/1.1 400 Bad Request", 0, 2*memReadTimeout+4*time.Second)
+	// A connection the kernel reset before the relay ever read from it
+	// (seen once in many runs on a loaded machine: no answer, reset within
+	// microseconds of the dial) is not a connection the relay held. A few
+	// such casualties are tolerated and left out of the counts below.
+	lost := 0
+	bodies = slices.DeleteFunc(bodies, func(c slowConn) bool {
+		gone := c.statusLine == "" && c.closedAfter < 100*time.Millisecond && errors.Is(c.readErr, syscall.ECONNRESET)
+		if gone {
+			lost++
+		}
+		return gone
+	})
+	if lost > slowBodies/100 {
+		t.Errorf("%d slow bodies reset right after the dial, want at most %d", lost, slowBodies/100)
+	}
+	checkCut(t, "slow bodies", bodies, slowBodies-lost, "HTTP/1.1 400 Bad Request", 0, 2*memReadTimeout+4*time.Second)
 	checkCut(t, "slow headers", headers, slowHeaders, "", 0, 2*memReadTimeout+4*time.Second)
 	mu.Unlock()
 
@@ -263,8 +282,8 @@ watch:
 		resp.Body.Close()
 	}
 	o := outcomes(t, r.admin)
-	if o["malformed"] != float64(slowBodies) {
-		t.Errorf("malformed outcomes: got %v, want one per slow body (%d)", o["malformed"], slowBodies)
+	if o["malformed"] != float64(slowBodies-lost) {
+		t.Errorf("malformed outcomes: got %v, want one per slow body read (%d)", o["malformed"], slowBodies-lost)
 	}
 }
 
@@ -282,7 +301,7 @@ func checkCut(t *testing.T, kind string, cs []slowConn, n int, wantLine string, 
 			t.Errorf("%s: connection held %s, want between %s and %s (RELAY_READ_TIMEOUT %s)", kind, c.closedAfter, atLeast, atMost, memReadTimeout)
 		}
 		if wantLine != "" && c.statusLine != wantLine {
-			t.Errorf("%s: answered %q, want %q", kind, c.statusLine, wantLine)
+			t.Errorf("%s: answered %q (%v) after %s, want %q", kind, c.statusLine, c.readErr, c.closedAfter, wantLine)
 		}
 	}
 	t.Logf("%s: %d connections held from %s to %s", kind, len(cs), shortest, longest)
