@@ -29,35 +29,35 @@ import (
 // with Retry-After (never a reset, never another status), and a delivery
 // retried as Datagrid does is stored exactly once in the end.
 
-// answer is what the relay said to one delivery.
-type answer struct {
+// deliveryAnswer is what the relay said to one delivery.
+type deliveryAnswer struct {
 	status     int
 	retryAfter string
 	err        error // the relay did not answer: reset, timeout, ...
 }
 
 // sendEvent posts a freshly signed delivery of event id to url with c.
-func sendEvent(c *http.Client, url, id string) answer {
+func sendEvent(c *http.Client, url, id string) deliveryAnswer {
 	body := relaytest.Envelope(id, "batch_prediction.completed")
 	req, err := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
 	if err != nil {
-		return answer{err: err}
+		return deliveryAnswer{err: err}
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set(signature.Header, signature.Sign([]byte(secret), time.Now().Unix(), body))
 	resp, err := c.Do(req)
 	if err != nil {
-		return answer{err: err}
+		return deliveryAnswer{err: err}
 	}
 	_, _ = io.Copy(io.Discard, resp.Body)
 	_ = resp.Body.Close()
-	return answer{status: resp.StatusCode, retryAfter: resp.Header.Get("Retry-After")}
+	return deliveryAnswer{status: resp.StatusCode, retryAfter: resp.Header.Get("Retry-After")}
 }
 
-// load sends deliveries of distinct event ids from several workers, each id
+// loadRun sends deliveries of distinct event ids from several workers, each id
 // once, and records every answer. Everything it sees that breaks the
 // promise is a test error.
-type load struct {
+type loadRun struct {
 	t    *testing.T
 	url  string
 	c    *http.Client
@@ -73,8 +73,8 @@ type load struct {
 
 // startLoad starts workers sending distinct ids prefixed with prefix to url,
 // each at most maxPerWorker ids and for at most a minute, until stop.
-func startLoad(t *testing.T, url, prefix string, workers, maxPerWorker int) *load {
-	l := &load{t: t, url: url, stored: map[string]bool{},
+func startLoad(t *testing.T, url, prefix string, workers, maxPerWorker int) *loadRun {
+	l := &loadRun{t: t, url: url, stored: map[string]bool{},
 		c: &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: workers}}}
 	deadline := time.Now().Add(time.Minute)
 	for w := range workers {
@@ -95,7 +95,7 @@ func startLoad(t *testing.T, url, prefix string, workers, maxPerWorker int) *loa
 }
 
 // record notes one answer and reports whether it was a 2xx.
-func (l *load) record(id string, a answer) bool {
+func (l *loadRun) record(id string, a deliveryAnswer) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.sent = append(l.sent, id)
@@ -113,16 +113,16 @@ func (l *load) record(id string, a answer) bool {
 	return false
 }
 
-func (l *load) halt() { l.stop.Store(true); l.wg.Wait() }
+func (l *loadRun) halt() { l.stop.Store(true); l.wg.Wait() }
 
-func (l *load) counts() (stored, refused int) {
+func (l *loadRun) counts() (stored, refused int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return len(l.stored), l.refused
 }
 
 // waitStored waits until at least n more deliveries than now got a 2xx.
-func (l *load) waitStored(within time.Duration, n int, what string) {
+func (l *loadRun) waitStored(within time.Duration, n int, what string) {
 	l.t.Helper()
 	before, _ := l.counts()
 	relaytest.WaitFor(l.t, within, what, func() bool { s, _ := l.counts(); return s >= before+n })
@@ -132,7 +132,7 @@ func (l *load) waitStored(within time.Duration, n int, what string) {
 // once, then resends every other id until it is answered 2xx (as Datagrid
 // retries) and checks that every id sent is stored exactly once, nothing
 // else. natsURL reaches the stream.
-func (l *load) finish(natsURL string) {
+func (l *loadRun) finish(natsURL string) {
 	t := l.t
 	t.Helper()
 	l.halt()

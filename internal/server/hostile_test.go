@@ -104,11 +104,11 @@ type hostileCtx struct {
 
 func (c *hostileCtx) env(eventType string) []byte { return relaytest.Envelope(c.id, eventType) }
 
-// sig signs body now with the relay's secret.
-func sig(body []byte) string { return signature.Sign([]byte(secret), time.Now().Unix(), body) }
+// signNow signs body now with the relay's secret.
+func signNow(body []byte) string { return signature.Sign([]byte(secret), time.Now().Unix(), body) }
 
-// v1 is the hex signature of body at t.
-func v1(t int64, body []byte) string {
+// hexSig is the hex signature of body at t.
+func hexSig(t int64, body []byte) string {
 	return strings.TrimPrefix(signature.Sign([]byte(secret), t, body), "t="+strconv.FormatInt(t, 10)+",v1=")
 }
 
@@ -119,7 +119,7 @@ func (c *hostileCtx) post(body []byte, header ...string) rawRequest {
 
 // signed is a POST of body signed now.
 func (c *hostileCtx) signed(body []byte, header ...string) rawRequest {
-	return c.post(body, append([]string{signature.Header + ": " + sig(body)}, header...)...)
+	return c.post(body, append([]string{signature.Header + ": " + signNow(body)}, header...)...)
 }
 
 // edge is a POST of a valid delivery signed at now+offset seconds, built
@@ -176,28 +176,28 @@ func hostileCases() []hostileCase {
 		}, status: 401, answer: aMalformed, outcome: "invalid_signature"},
 		{name: "v1 without t", req: func(c *hostileCtx) rawRequest {
 			b := c.env(et)
-			return c.post(b, "Datagrid-Signature: v1="+v1(time.Now().Unix(), b))
+			return c.post(b, "Datagrid-Signature: v1="+hexSig(time.Now().Unix(), b))
 		}, status: 401, answer: aMalformed, outcome: "invalid_signature"},
 		{name: "many v1, the valid one last", req: func(c *hostileCtx) rawRequest {
 			b := c.env(et)
 			now := time.Now().Unix()
-			h := fmt.Sprintf("Datagrid-Signature: t=%d", now) + strings.Repeat(",v1="+zeros, 100) + ",v1=" + v1(now, b)
+			h := fmt.Sprintf("Datagrid-Signature: t=%d", now) + strings.Repeat(",v1="+zeros, 100) + ",v1=" + hexSig(now, b)
 			return c.post(b, h)
 		}, status: 200, answer: aStored, subject: ev, outcome: "published"},
 		{name: "valid v1 on a second header line", req: func(c *hostileCtx) rawRequest {
 			b := c.env(et)
 			now := time.Now().Unix()
-			return c.post(b, fmt.Sprintf("Datagrid-Signature: t=%d,v1=%s", now, zeros), "Datagrid-Signature: v1="+v1(now, b))
+			return c.post(b, fmt.Sprintf("Datagrid-Signature: t=%d,v1=%s", now, zeros), "Datagrid-Signature: v1="+hexSig(now, b))
 		}, status: 200, answer: aStored, subject: ev, outcome: "published"},
 		{name: "t on the second line, v1 on the first", req: func(c *hostileCtx) rawRequest {
 			b := c.env(et)
 			now := time.Now().Unix()
-			return c.post(b, "Datagrid-Signature: v1="+v1(now, b), fmt.Sprintf("Datagrid-Signature: t=%d", now))
+			return c.post(b, "Datagrid-Signature: v1="+hexSig(now, b), fmt.Sprintf("Datagrid-Signature: t=%d", now))
 		}, status: 200, answer: aStored, subject: ev, outcome: "published"},
 		{name: "t twice", req: func(c *hostileCtx) rawRequest {
 			b := c.env(et)
 			now := time.Now().Unix()
-			return c.post(b, fmt.Sprintf("Datagrid-Signature: t=%d,t=%d,v1=%s", now, now, v1(now, b)))
+			return c.post(b, fmt.Sprintf("Datagrid-Signature: t=%d,t=%d,v1=%s", now, now, hexSig(now, b)))
 		}, status: 401, answer: aMalformed, outcome: "invalid_signature"},
 		{name: "t twice on two lines", req: func(c *hostileCtx) rawRequest {
 			b := c.env(et)
@@ -223,36 +223,36 @@ func hostileCases() []hostileCase {
 		{name: "t with a plus sign", req: func(c *hostileCtx) rawRequest {
 			b := c.env(et)
 			now := time.Now().Unix()
-			return c.post(b, fmt.Sprintf("Datagrid-Signature: t=+%d,v1=%s", now, v1(now, b)))
+			return c.post(b, fmt.Sprintf("Datagrid-Signature: t=+%d,v1=%s", now, hexSig(now, b)))
 		}, status: 401, answer: aMalformed, outcome: "invalid_signature"},
 		{name: "t with a leading zero: the signed bytes are t as sent", req: func(c *hostileCtx) rawRequest {
 			b := c.env(et)
 			now := time.Now().Unix()
-			return c.post(b, fmt.Sprintf("Datagrid-Signature: t=0%d,v1=%s", now, v1(now, b)))
+			return c.post(b, fmt.Sprintf("Datagrid-Signature: t=0%d,v1=%s", now, hexSig(now, b)))
 		}, status: 401, answer: aMismatch, outcome: "invalid_signature"},
 		{name: "unknown keys and a bare word", req: func(c *hostileCtx) rawRequest {
 			b := c.env(et)
 			now := time.Now().Unix()
-			return c.post(b, fmt.Sprintf("Datagrid-Signature: scheme=hmac,t=%d,v0=abc,garbage,v2=%s,v1=%s", now, zeros, v1(now, b)))
+			return c.post(b, fmt.Sprintf("Datagrid-Signature: scheme=hmac,t=%d,v0=abc,garbage,v2=%s,v1=%s", now, zeros, hexSig(now, b)))
 		}, status: 200, answer: aStored, subject: ev, outcome: "published"},
 		{name: "spaces around keys and values", req: func(c *hostileCtx) rawRequest {
 			b := c.env(et)
 			now := time.Now().Unix()
-			return c.post(b, fmt.Sprintf("Datagrid-Signature:   t = %d ,  v1 = %s  ", now, v1(now, b)))
+			return c.post(b, fmt.Sprintf("Datagrid-Signature:   t = %d ,  v1 = %s  ", now, hexSig(now, b)))
 		}, status: 200, answer: aStored, subject: ev, outcome: "published"},
 		{name: "lowercase header name", req: func(c *hostileCtx) rawRequest {
 			b := c.env(et)
-			return c.post(b, "datagrid-signature: "+sig(b))
+			return c.post(b, "datagrid-signature: "+signNow(b))
 		}, status: 200, answer: aStored, subject: ev, outcome: "published"},
 		{name: "uppercase keys", req: func(c *hostileCtx) rawRequest {
 			b := c.env(et)
 			now := time.Now().Unix()
-			return c.post(b, fmt.Sprintf("Datagrid-Signature: T=%d,V1=%s", now, v1(now, b)))
+			return c.post(b, fmt.Sprintf("Datagrid-Signature: T=%d,V1=%s", now, hexSig(now, b)))
 		}, status: 401, answer: aMalformed, outcome: "invalid_signature"},
 		{name: "semicolons instead of commas", req: func(c *hostileCtx) rawRequest {
 			b := c.env(et)
 			now := time.Now().Unix()
-			return c.post(b, fmt.Sprintf("Datagrid-Signature: t=%d;v1=%s", now, v1(now, b)))
+			return c.post(b, fmt.Sprintf("Datagrid-Signature: t=%d;v1=%s", now, hexSig(now, b)))
 		}, status: 401, answer: aMalformed, outcome: "invalid_signature"},
 		{name: "non-hex v1", req: func(c *hostileCtx) rawRequest {
 			return c.post(c.env(et), fmt.Sprintf("Datagrid-Signature: t=%d,v1=%s", time.Now().Unix(), strings.Repeat("zz", 32)))
@@ -260,7 +260,7 @@ func hostileCases() []hostileCase {
 		{name: "v1 one hex digit short", req: func(c *hostileCtx) rawRequest {
 			b := c.env(et)
 			now := time.Now().Unix()
-			return c.post(b, fmt.Sprintf("Datagrid-Signature: t=%d,v1=%s", now, v1(now, b)[1:]))
+			return c.post(b, fmt.Sprintf("Datagrid-Signature: t=%d,v1=%s", now, hexSig(now, b)[1:]))
 		}, status: 401, answer: aMalformed, outcome: "invalid_signature"},
 		{name: "empty v1", req: func(c *hostileCtx) rawRequest {
 			return c.post(c.env(et), fmt.Sprintf("Datagrid-Signature: t=%d,v1=", time.Now().Unix()))
@@ -268,7 +268,7 @@ func hostileCases() []hostileCase {
 		{name: "uppercase hex of the right HMAC: the same bytes", req: func(c *hostileCtx) rawRequest {
 			b := c.env(et)
 			now := time.Now().Unix()
-			return c.post(b, fmt.Sprintf("Datagrid-Signature: t=%d,v1=%s", now, strings.ToUpper(v1(now, b))))
+			return c.post(b, fmt.Sprintf("Datagrid-Signature: t=%d,v1=%s", now, strings.ToUpper(hexSig(now, b))))
 		}, status: 200, answer: aStored, subject: ev, outcome: "published"},
 		{name: "well-formed v1 that does not match", req: func(c *hostileCtx) rawRequest {
 			return c.post(c.env(et), fmt.Sprintf("Datagrid-Signature: t=%d,v1=%s", time.Now().Unix(), zeros))
@@ -279,20 +279,20 @@ func hostileCases() []hostileCase {
 		}, status: 401, answer: aMismatch, outcome: "invalid_signature"},
 		{name: "signature of a different body", req: func(c *hostileCtx) rawRequest {
 			b := c.env(et)
-			return c.post(append(b, '\n'), "Datagrid-Signature: "+sig(b))
+			return c.post(append(b, '\n'), "Datagrid-Signature: "+signNow(b))
 		}, status: 401, answer: aMismatch, outcome: "invalid_signature"},
 		{name: "signature header over 8 KiB", req: func(c *hostileCtx) rawRequest {
 			b := c.env(et)
-			return c.post(b, "Datagrid-Signature: "+sig(b)+",x="+strings.Repeat("a", 8<<10))
+			return c.post(b, "Datagrid-Signature: "+signNow(b)+",x="+strings.Repeat("a", 8<<10))
 		}, status: 401, answer: aHeaderLarge, outcome: "invalid_signature"},
 		{name: "signature lines together over 8 KiB", req: func(c *hostileCtx) rawRequest {
 			b := c.env(et)
 			pad := "x=" + strings.Repeat("a", 4200)
-			return c.post(b, "Datagrid-Signature: "+sig(b), "Datagrid-Signature: "+pad, "Datagrid-Signature: "+pad)
+			return c.post(b, "Datagrid-Signature: "+signNow(b), "Datagrid-Signature: "+pad, "Datagrid-Signature: "+pad)
 		}, status: 401, answer: aHeaderLarge, outcome: "invalid_signature"},
 		{name: "headers over net/http's 64 KiB", req: func(c *hostileCtx) rawRequest {
 			b := c.env(et)
-			r := c.post(b, "Datagrid-Signature: "+sig(b), "X-Pad: "+strings.Repeat("a", 80<<10))
+			r := c.post(b, "Datagrid-Signature: "+signNow(b), "X-Pad: "+strings.Repeat("a", 80<<10))
 			r.headOnly = true
 			return r
 		}, status: 431, answer: goTooLarge},
@@ -327,7 +327,7 @@ func hostileCases() []hostileCase {
 		}, status: 200, answer: aQuarantined, subject: q, msgID: "sha256", reason: qNotJSON, outcome: "quarantined"},
 		{name: "gzip body signed before compression", req: func(c *hostileCtx) rawRequest {
 			b := c.env(et)
-			return c.post(gzipped(b), "Content-Encoding: gzip", "Datagrid-Signature: "+sig(b))
+			return c.post(gzipped(b), "Content-Encoding: gzip", "Datagrid-Signature: "+signNow(b))
 		}, status: 401, answer: aMismatch, outcome: "invalid_signature"},
 		{name: "raw NUL inside a string", req: func(c *hostileCtx) rawRequest {
 			return c.signed([]byte(fmt.Sprintf(`{"id":"%s","event_type":"a\x00b","timestamp":1}`, c.id)))
@@ -540,7 +540,7 @@ func hostileCases() []hostileCase {
 		}, status: 501, answer: "Unsupported transfer encoding"}, // net/http's answer
 		{name: "NUL in the signature header", req: func(c *hostileCtx) rawRequest {
 			b := c.env(et)
-			r := c.post(b, "Datagrid-Signature: "+sig(b)+"\x00")
+			r := c.post(b, "Datagrid-Signature: "+signNow(b)+"\x00")
 			r.headOnly = true
 			return r
 		}, status: 400, answer: goBadRequest},
@@ -751,6 +751,9 @@ func TestHostileCatalogue(t *testing.T) {
 			}
 			if resp.StatusCode >= 300 && resp.StatusCode < 400 || resp.Header.Get("Location") != "" {
 				t.Errorf("redirected to %q", resp.Header.Get("Location"))
+			}
+			if strings.HasPrefix(answer, "{") && resp.Header.Get("Content-Type") != "application/json" {
+				t.Errorf("Content-Type: got %q, want application/json", resp.Header.Get("Content-Type"))
 			}
 			if tc.allow && resp.Header.Get("Allow") != "POST" {
 				t.Errorf("Allow: got %q, want POST", resp.Header.Get("Allow"))
