@@ -117,6 +117,23 @@ func TestDashboardHasData(t *testing.T) {
 		scrapes++
 	}
 	scrape()
+	// Before any delivery, the gauges set at start already say what a
+	// panel shows (the body limit used to read 0 until a first delivery).
+	for _, g := range []struct {
+		name   string
+		labels map[string]string
+	}{
+		{"datagrid_relay_delivery_body_limit_bytes", nil},
+		{"datagrid_relay_inflight_body_budget_bytes", nil},
+		{"datagrid_relay_ready", nil},
+		{"datagrid_relay_ready_check", map[string]string{"check": "nats"}},
+		{"datagrid_relay_ready_check", map[string]string{"check": "stream"}},
+		{"datagrid_relay_ready_check", map[string]string{"check": "signing_secret"}},
+	} {
+		if v, err := metricValue(relay.admin, g.name, g.labels); err != nil || v <= 0 {
+			t.Errorf("before any delivery: %s%v = %v (%v), want > 0", g.name, g.labels, v, err)
+		}
+	}
 	apiCalls, err := metricValue(demo.admin, "datagrid_relay_api_requests_total", nil)
 	if err != nil {
 		t.Fatal(err)
