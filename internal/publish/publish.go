@@ -428,12 +428,23 @@ func (p *Publisher) send(ctx context.Context, msg *nats.Msg) (Result, error) {
 	}
 	ack, err := p.js.PublishMsg(ctx, msg)
 	if err != nil {
-		if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, jetstream.ErrStreamNotFound) {
-			p.Recheck() // deleted behind our back? Run finds out and recreates it
+		if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, jetstream.ErrStreamNotFound) || otherStream(err) {
+			p.Recheck() // deleted behind our back? Run finds out and recreates it, or says why not
 		}
 		return Result{}, classify(fmt.Errorf("publish to stream %s: %w", p.cfg.Stream, err))
 	}
 	return Result{Duplicate: ack.Duplicate, Sequence: ack.Sequence}, nil
+}
+
+// errStreamNotMatch is JetStream's answer when the subject is captured by
+// a stream other than the expected one (ours was deleted and another took
+// its subjects); nats.go has no constant for it.
+const errStreamNotMatch jetstream.ErrorCode = 10060
+
+// otherStream reports whether err says the subject went to another stream.
+func otherStream(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == errStreamNotMatch
 }
 
 // Recheck asks Run to check the stream now (within its floor).
