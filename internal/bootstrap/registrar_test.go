@@ -632,19 +632,31 @@ func TestDeregister(t *testing.T) {
 func TestBucketDeletedWhileRunning(t *testing.T) {
 	f := newFixture(t)
 	slow := func(c *Config) { c.ReconcileInterval = time.Minute } // only the sync's kicks wake a reconcile
+	ctx := context.Background()
+	// Registered before the replicas start, so that their first reconciles
+	// find it, and nothing but the sync can wake their next ones: a sync
+	// that found nothing while a replica registered would leave a kick
+	// behind, and a reconcile woken by it could write the state back
+	// before any sync noticed the loss.
+	if _, err := f.replica("setup", slow).Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
 	a, b := f.replica("a", slow).run(), f.replica("b", slow).run()
 	first := f.waitRegistered(10*time.Second, a, b)
-	ctx := context.Background()
+	relaytest.WaitFor(t, 5*time.Second, "both replicas healthy", func() bool { return a.healthy() == 1 && b.healthy() == 1 })
 
 	t.Run("restored", func(t *testing.T) {
 		a.health.forget()
 		b.health.forget()
+		deleted := f.clock.now()
 		if err := f.js.DeleteKeyValue(ctx, testBucket); err != nil {
 			t.Fatal(err)
 		}
+		// Written back after the delete: the old state may still be read
+		// for a moment after DeleteKeyValue returns.
 		relaytest.WaitFor(t, 5*time.Second, "the registration to be back in a recreated bucket", func() bool {
 			st, _, err := f.store.Load(ctx)
-			return err == nil && st.Registered()
+			return err == nil && st.Registered() && st.UpdatedAt.After(deleted)
 		})
 		if st := f.stored(); st.WebhookID != first {
 			t.Fatalf("state: got %s, want %s written back", st.Summary(), first)
@@ -666,7 +678,10 @@ func TestBucketDeletedWhileRunning(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		relaytest.WaitFor(t, 5*time.Second, "both watches to deliver the rotation", func() bool {
+		// Usually at once; a watch that failed repeatedly while the bucket
+		// was gone may first sit out its backoff (up to 10s), while the
+		// sync keeps the keyring right meanwhile.
+		relaytest.WaitFor(t, 15*time.Second, "both watches to deliver the rotation", func() bool {
 			return a.watchRev.Load() == rev && b.watchRev.Load() == rev
 		})
 		relaytest.WaitFor(t, 5*time.Second, "both replicas to accept both secrets", func() bool {
@@ -688,7 +703,7 @@ func TestBucketDeletedWhileRunning(t *testing.T) {
 		restarted.run()
 		// Both follow the store within a few sync intervals, whoever won.
 		var now State
-		relaytest.WaitFor(t, 3*time.Second, "both replicas to hold exactly the secrets the store names", func() bool {
+		relaytest.WaitFor(t, 5*time.Second, "both replicas to hold exactly the secrets the store names", func() bool {
 			now = f.stored()
 			if !now.Registered() || f.api.Secret(now.WebhookID) != now.Secret {
 				return false
