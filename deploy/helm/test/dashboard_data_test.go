@@ -83,7 +83,7 @@ func TestDashboardHasData(t *testing.T) {
 		// limit it would be refused 503 overloaded, not 413.
 		"RELAY_MAX_INFLIGHT_BYTES=" + strconv.Itoa(3*bodyLimit),
 		"RELAY_PUBLISH_TIMEOUT=1s",
-		"RELAY_READ_TIMEOUT=5s",
+		"RELAY_READ_TIMEOUT=30s", // the stalled bodies below must outlast the steps between
 		"GOMEMLIMIT=134217728", // as the chart sets it from the memory limit
 		"LOG_FORMAT=json",
 	})
