@@ -84,7 +84,7 @@ func TestDashboardHasData(t *testing.T) {
 		"RELAY_MAX_INFLIGHT_BYTES=" + strconv.Itoa(3*bodyLimit),
 		"RELAY_PUBLISH_TIMEOUT=1s",
 		"RELAY_READ_TIMEOUT=30s", // the stalled bodies below must outlast the steps between
-		"GOMEMLIMIT=134217728", // as the chart sets it from the memory limit
+		"GOMEMLIMIT=134217728",   // as the chart sets it from the memory limit
 		"LOG_FORMAT=json",
 	})
 	logf("relay: deliveries on %s, admin on %s", relay.public, relay.admin)
