@@ -182,6 +182,22 @@ func TestIngressBodySize(t *testing.T) {
 	}
 }
 
+// TestRemovedValues: values of chart 0.1.0 that are gone fail with a
+// message saying what replaced them, rather than a bare schema error or
+// silence.
+func TestRemovedValues(t *testing.T) {
+	t.Parallel()
+	for set, want := range map[string]string{
+		"startupProbe.enabled=true":       "startupProbe was removed in chart 0.2.0",
+		"prometheusRule.refusedRatio=0.1": "prometheusRule.refusedRatio was removed in chart 0.2.0",
+	} {
+		_, err := helmTemplate(t, append(slices.Clone(threeValues), "--set", set)...)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("--set %s: got %v, want %q", set, err, want)
+		}
+	}
+}
+
 // TestInflightBudgetBelowBodyLimit: a budget smaller than one body fails.
 func TestInflightBudgetBelowBodyLimit(t *testing.T) {
 	t.Parallel()

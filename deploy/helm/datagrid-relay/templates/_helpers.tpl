@@ -146,6 +146,12 @@ Number of replicas that run at the least: the HPA's minimum or replicaCount.
 Fails the render on combinations the schema cannot express.
 */}}
 {{- define "relay.validate" -}}
+{{- if hasKey .Values "startupProbe" }}
+{{- fail "startupProbe was removed in chart 0.2.0: the relay serves /healthz as soon as it starts and waits for NATS and registration in the background (see /readyz), so a startup probe waited for nothing. Remove startupProbe from your values." }}
+{{- end }}
+{{- if hasKey .Values.prometheusRule "refusedRatio" }}
+{{- fail "prometheusRule.refusedRatio was removed in chart 0.2.0: DatagridRelayDeliveriesRefused now fires on a count of signed refusals (prometheusRule.refusedMinCount), since unsigned internet noise made any ratio page. Remove refusedRatio from your values." }}
+{{- end }}
 {{- if not (trim .Values.nats.url) }}
 {{- fail "nats.url is required: the NATS server URL(s), e.g. nats://nats.nats.svc:4222" }}
 {{- end }}
