@@ -250,7 +250,9 @@ func (r *Registrar) watch(ctx context.Context, restart <-chan struct{}) {
 		case err = <-done:
 		case <-restart:
 			cancel()
-			<-done
+			if werr := <-done; werr != nil { // ended by our cancel: only worth a debug line
+				r.log.Debug("registration watch ended", zap.Error(werr))
+			}
 			err = errors.New("it fell behind the stored state")
 			retry = 250 * time.Millisecond
 		}
@@ -263,6 +265,7 @@ func (r *Registrar) watch(ctx context.Context, restart <-chan struct{}) {
 		case <-ctx.Done():
 			return
 		case <-time.After(retry):
+		case <-restart: // the sync saw the store move on: try now, not after a long backoff
 		}
 		retry = min(retry*2, 10*time.Second)
 	}
@@ -753,9 +756,7 @@ func (r *Registrar) Deregister(ctx context.Context) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, id := range r.strays(all, st) {
-		ids = append(ids, id)
-	}
+	ids = append(ids, r.strays(all, st)...)
 	for _, id := range ids {
 		if err := r.deleteWebhook(ctx, id); err != nil {
 			return nil, err

@@ -349,12 +349,16 @@ func validPath(u *url.URL) bool {
 		return false
 	}
 	for i := 0; i < len(p); i++ {
-		c := p[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("-._~/", c) >= 0) {
+		if !pathChar(p[i]) {
 			return false
 		}
 	}
 	return true
+}
+
+// pathChar accepts URL-unreserved characters and '/'.
+func pathChar(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("-._~/", c) >= 0
 }
 
 func countSet(values ...string) int {

@@ -128,7 +128,7 @@ func New(nc *nats.Conn, cfg Config, m *metrics.Metrics, log *zap.Logger) (*Publi
 		cfg.CheckInterval = DefaultCheckInterval
 	}
 	p := &Publisher{nc: nc, js: js, cfg: cfg, metrics: m, log: log, wake: make(chan struct{}, 1)}
-	notYet := error(errNotChecked)
+	notYet := errNotChecked
 	p.streamErr.Store(&notYet)
 	m.BodyLimit.Set(float64(p.BodyLimit()))
 	return p, nil

@@ -108,7 +108,7 @@ func Run(ctx context.Context, o Options) error {
 func shutdown(ctx context.Context, cfg config.Config, log *zap.Logger, ready *readiness, background *sync.WaitGroup,
 	public, admin *http.Server, parts *Parts, clean bool) {
 	ready.stopping.Store(true)
-	ready.observe()
+	_ = ready.observe() // the gauges say "not ready" before the listener stops
 	background.Wait()
 	deadline, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
 	defer cancel()
