@@ -198,15 +198,7 @@ func (f *fixture) waitRegistered(within time.Duration, rs ...*replica) string {
 }
 
 // ours lists the webhooks for our URL at the fake API.
-func (f *fixture) ours() []string {
-	var ids []string
-	for _, wh := range f.api.Webhooks() {
-		if wh.URL == testURL {
-			ids = append(ids, wh.ID)
-		}
-	}
-	return ids
-}
+func (f *fixture) ours() []string { return f.api.For(testURL) }
 
 func (f *fixture) onlyWebhook() string {
 	f.t.Helper()

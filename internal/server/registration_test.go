@@ -100,15 +100,7 @@ func maps(base map[string]string, kv ...string) map[string]string {
 }
 
 // ours lists the webhooks for our URL at the fake.
-func (g *registering) ours() []string {
-	var ids []string
-	for _, wh := range g.api.Webhooks() {
-		if wh.URL == publicURL {
-			ids = append(ids, wh.ID)
-		}
-	}
-	return ids
-}
+func (g *registering) ours() []string { return g.api.For(publicURL) }
 
 func (g *registering) onlyWebhook() string {
 	g.t.Helper()

@@ -235,6 +235,17 @@ func (s *Server) Webhooks() []datagrid.Webhook {
 	return out
 }
 
+// For lists the ids of the webhooks for url, in creation order.
+func (s *Server) For(url string) []string {
+	var ids []string
+	for _, wh := range s.Webhooks() {
+		if wh.URL == url {
+			ids = append(ids, wh.ID)
+		}
+	}
+	return ids
+}
+
 // Webhook returns a copy of the webhook with the given id, without its
 // secret, and whether it exists.
 func (s *Server) Webhook(id string) (datagrid.Webhook, bool) {
