@@ -76,11 +76,18 @@ func (l *lease) grow(size int64) bool {
 }
 
 // read reads all of r, at most limit bytes, growing its buffer as bytes
-// arrive and taking each growth from the budget first. Call l.release
-// (also on error) once the body is no longer used.
-func (b *budget) read(r io.Reader, limit int64, l *lease) (body []byte, err error) {
+// arrive and taking each growth from the budget first, so that the budget
+// holds the capacity of every body buffer alive (a body of limit bytes needs
+// limit of budget, no more). A declared contentLength over the limit is
+// refused before anything is read: a refusal on the client's word, never a
+// reservation. Call l.release (also on error) once the body is no longer
+// used.
+func (b *budget) read(r io.Reader, contentLength, limit int64, l *lease) (body []byte, err error) {
 	l.b = b
-	size := min(int64(firstChunk), limit+1) // +1: a body of exactly limit reads EOF without growing
+	if contentLength > limit {
+		return nil, errTooLarge
+	}
+	size := min(int64(firstChunk), max(limit, 1))
 	if !l.grow(size) {
 		return nil, errOverBudget
 	}
@@ -92,18 +99,15 @@ func (b *budget) read(r io.Reader, limit int64, l *lease) (body []byte, err erro
 		buf = make([]byte, 0, size)
 	}
 	for {
-		if int64(len(buf)) == int64(cap(buf)) {
-			if int64(len(buf)) > limit {
-				return nil, errTooLarge
+		if len(buf) == cap(buf) {
+			if int64(len(buf)) >= limit {
+				return buf, probeEOF(r) // full at the limit: one byte more is too large
 			}
-			next := min(2*int64(cap(buf)), limit+1)
-			if !l.grow(next) { // the old buffer is held until the copy is done
+			next := min(2*int64(cap(buf)), limit)
+			if !l.grow(next - int64(cap(buf))) { // the old buffer is garbage once copied
 				return nil, errOverBudget
 			}
-			old := int64(cap(buf))
 			buf = append(make([]byte, 0, next), buf...)
-			b.give(old)
-			l.held -= old
 			if l.first != nil {
 				firstChunks.Put(l.first)
 				l.first = nil
@@ -112,18 +116,34 @@ func (b *budget) read(r io.Reader, limit int64, l *lease) (body []byte, err erro
 		n, err := r.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
 		if err == io.EOF {
-			break
+			return buf, nil
 		}
 		if err != nil {
-			var mbe *http.MaxBytesError
-			if errors.As(err, &mbe) {
-				return nil, errTooLarge
-			}
-			return nil, err
+			return nil, readError(err)
 		}
 	}
-	if int64(len(buf)) > limit {
-		return nil, errTooLarge
+}
+
+// probeEOF reports nil when r has nothing more, errTooLarge when it has.
+func probeEOF(r io.Reader) error {
+	var probe [1]byte
+	for {
+		n, err := r.Read(probe[:])
+		switch {
+		case n > 0:
+			return errTooLarge
+		case err == io.EOF:
+			return nil
+		case err != nil:
+			return readError(err)
+		}
 	}
-	return buf, nil
+}
+
+func readError(err error) error {
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		return errTooLarge
+	}
+	return err
 }

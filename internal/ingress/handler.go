@@ -173,7 +173,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// 3. The body, within the limit in force and the memory budget.
 	limit := h.cfg.Publisher.BodyLimit()
 	var held lease
-	body, err := h.budget.read(r.Body, limit, &held)
+	body, err := h.budget.read(r.Body, r.ContentLength, limit, &held)
 	defer held.release()
 	switch {
 	case errors.Is(err, errTooLarge):

@@ -286,6 +286,34 @@ func TestTooLarge(t *testing.T) {
 		defer resp.Body.Close()
 		expect(t, resp, 413, "error", "larger than")
 	})
+	t.Run("a budget of one body: over the limit is 413, never 503", func(t *testing.T) {
+		// The buffer doubles as bytes arrive; growing must not need the
+		// old and the new buffer at once, or a body over the limit would
+		// get 503 overloaded on every retry instead of 413.
+		limit := 16 << 10
+		f := newFixture(t, fixtureOpts{maxBody: int64(limit), maxInflight: int64(limit)})
+		for _, size := range []int{limit/2 + 1, limit + 1, 2 * limit} {
+			body := bytes.Repeat([]byte(" "), size)
+			req, _ := http.NewRequest(http.MethodPost, f.url, io.MultiReader(bytes.NewReader(body)))
+			req.ContentLength = -1 // chunked: only reading tells the size
+			req.Header.Set(signature.Header, signature.Sign([]byte(testSecret), f.now.Unix(), body))
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := 200 // quarantined: signed, not JSON
+			if size > limit {
+				want = 413
+			}
+			if resp.StatusCode != want {
+				t.Errorf("%d bytes chunked against a limit and budget of %d: got %d, want %d", size, limit, resp.StatusCode, want)
+			}
+			resp.Body.Close()
+		}
+		body := envelope("evt_at_limit", "batch_prediction.completed")
+		body = append(body, bytes.Repeat([]byte(" "), limit-len(body))...)
+		expect(t, f.post(body, testSecret), 200, "status", "stored")
+	})
 	t.Run("exactly the limit is read", func(t *testing.T) {
 		f := newFixture(t, fixtureOpts{maxBody: 2048})
 		body := envelope("evt_fit", "batch_prediction.completed")

@@ -367,24 +367,23 @@ func TestMemoryBudgetSpentAnswersOverloaded(t *testing.T) {
 	}
 
 	// Bodies held half-sent spend the budget down to less than two first
-	// chunks: a buffer of the limit plus one byte for each that fits, then
-	// smaller ones, halving. A buffer grows by doubling once it is full, and
-	// holds the old one until the copy is done, so each is added alone and
-	// only while the growth fits.
-	full := limit + 1
+	// chunks: a buffer of the limit for each that fits, then smaller ones,
+	// halving. A buffer grows by doubling once it is full, up to the limit,
+	// and the budget holds the capacity of every live buffer: a growth takes
+	// only the difference.
 	var conns []net.Conn
 	t.Cleanup(func() {
 		for _, c := range conns {
 			c.Close()
 		}
 	})
-	// The buffer sizes a body goes through, largest first: the limit plus
-	// one byte, then 512 KiB, 256 KiB, ... down to the first chunk. For each:
-	// what it holds during its last growth, and how much to send to get it.
+	// The buffer sizes a body goes through, largest first: the limit, then
+	// 512 KiB, 256 KiB, ... down to the first chunk. For each: what its last
+	// growth takes, and how much to send to get it.
 	type step struct{ size, growth, send int }
-	steps := []step{{full, full + 1<<19, 1<<19 + 100}}
+	steps := []step{{limit, limit - 1<<19, 1<<19 + 100}}
 	for size := 1 << 19; size > firstChunk; size /= 2 {
-		steps = append(steps, step{size, size + size/2, size/2 + 100})
+		steps = append(steps, step{size, size / 2, size/2 + 100})
 	}
 	steps = append(steps, step{firstChunk, firstChunk, 100})
 	left, holding := memBudget, 0
@@ -461,12 +460,16 @@ func TestHugeLimitsWithoutNATS(t *testing.T) {
 	}
 	addr := strings.TrimPrefix(strings.TrimSuffix(r.delivery, "/webhooks/datagrid"), "http://")
 	baseline := liveHeap()
-	for _, declared := range []string{"9223372036854775807", "67108864", "1044000"} {
-		req := rawRequest{method: "POST", target: "/webhooks/datagrid", body: []byte(`{"id":"evt_huge"`), contentLength: declared,
+	for _, tc := range []struct{ declared, want string }{
+		{"9223372036854775807", `{"error":"body larger than 67108864 bytes"}`}, // refused on the declared length, nothing read
+		{"67108864", `{"error":"could not read body"}`},
+		{"1044000", `{"error":"could not read body"}`},
+	} {
+		req := rawRequest{method: "POST", target: "/webhooks/datagrid", body: []byte(`{"id":"evt_huge"`), contentLength: tc.declared,
 			closeWrite: true, header: []string{fmt.Sprintf("%s: t=%d,v1=%s", signature.Header, time.Now().Unix(), strings.Repeat("0", 64))}}
 		resp, body, err := req.send(addr)
-		if err != nil || resp.StatusCode != 400 || strings.TrimSpace(string(body)) != `{"error":"could not read body"}` {
-			t.Errorf("Content-Length %s, 16 bytes sent: got %v %q %v, want 400 could not read body", declared, resp, body, err)
+		if err != nil || strings.TrimSpace(string(body)) != tc.want {
+			t.Errorf("Content-Length %s, 16 bytes sent: got %v %q %v, want %s", tc.declared, resp, body, err, tc.want)
 		}
 	}
 	if grown := int64(liveHeap()) - int64(baseline); grown > 4<<20 {
