@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/datagrid-relay/relay/internal/datagrid"
 )
 
 // static is the smallest valid environment: a hand-managed secret.
@@ -214,4 +216,14 @@ func TestAPIKeyWithALineBreakIsAConfigurationError(t *testing.T) {
 		return map[string]string{"DATAGRID_API_KEY": "dg_key\ninjected: x", "RELAY_PUBLIC_URL": "https://relay.example.com/h"}[k]
 	})
 	assertProblems(t, err, []string{`DATAGRID_API_KEY=(hidden): contains characters not allowed in an HTTP header (a line break or space?)`})
+}
+
+// TestDefaultBaseURLIsTheClients: the default lives in a struct tag (env/v11
+// needs a literal there) and in the client; they must not drift apart.
+func TestDefaultBaseURLIsTheClients(t *testing.T) {
+	for _, v := range Vars() {
+		if v.Name == "DATAGRID_BASE_URL" && v.Default != datagrid.DefaultBaseURL {
+			t.Fatalf("DATAGRID_BASE_URL defaults to %s, the client to %s", v.Default, datagrid.DefaultBaseURL)
+		}
+	}
 }
