@@ -42,12 +42,13 @@ const (
 	poll   = 500 * time.Millisecond
 )
 
+// clients are the API clients of one kubeconfig; mapper turns the kinds of
+// applied manifests into resources, CRDs included once discovery is reset.
 type clients struct {
-	kube    kubernetes.Interface
-	dyn     dynamic.Interface
-	disco   discovery.CachedDiscoveryInterface
-	mapper  *restmapper.DeferredDiscoveryRESTMapper
-	restCfg *rest.Config
+	kube   kubernetes.Interface
+	dyn    dynamic.Interface
+	disco  discovery.CachedDiscoveryInterface
+	mapper *restmapper.DeferredDiscoveryRESTMapper
 }
 
 func newClients(kubeconfig string) (*clients, error) {
@@ -58,8 +59,8 @@ func newClients(kubeconfig string) (*clients, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kubeconfig: %w", err)
 	}
-	// Fail loudly on anything the API server warns about, as the check does
-	// for Helm: print it, and the script greps it.
+	// Show whatever the API server warns about (Pod Security, unknown
+	// fields), as Helm does.
 	cfg.WarningHandler = rest.NewWarningWriter(os.Stderr, rest.WarningWriterOptions{})
 	kube, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
@@ -70,7 +71,7 @@ func newClients(kubeconfig string) (*clients, error) {
 		return nil, fmt.Errorf("dynamic client: %w", err)
 	}
 	disco := memory.NewMemCacheClient(kube.Discovery())
-	return &clients{kube: kube, dyn: dyn, disco: disco, mapper: restmapper.NewDeferredDiscoveryRESTMapper(disco), restCfg: cfg}, nil
+	return &clients{kube: kube, dyn: dyn, disco: disco, mapper: restmapper.NewDeferredDiscoveryRESTMapper(disco)}, nil
 }
 
 // waitReady waits for /readyz and, with the controller manager, for its
