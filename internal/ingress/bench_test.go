@@ -42,7 +42,7 @@ func BenchmarkHandlerOwnCost(b *testing.B) {
 	h := ingress.NewHandler(ingress.Config{
 		Keyring: signature.Static{signature.NewSecret([]byte(testSecret), "")}, Publisher: instantBus{},
 		Metrics: f.metrics, Log: zap.NewNop(), Tolerance: 5 * time.Minute, MaxInflightBytes: 32 << 20,
-		PublishTimeout: time.Second, JetStream: true, Now: func() time.Time { return f.now },
+		JetStream: true, Now: func() time.Time { return f.now },
 	})
 	bodies, sigs := benchDeliveries(f, b.N)
 	reqs := benchRequests(bodies, sigs)

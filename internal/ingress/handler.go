@@ -27,7 +27,8 @@ import (
 // Publisher stores a delivery on the bus.
 type Publisher interface {
 	// Publish returns nil only once the message is stored (or, in core mode,
-	// received by the server); it gives up when ctx ends. An error wrapping
+	// received by the server); it gives up after its own timeout or when
+	// ctx ends, whichever comes first. An error wrapping
 	// publish.ErrTooLarge will never succeed. Safe for concurrent use.
 	Publish(ctx context.Context, m publish.Message) (publish.Result, error)
 	// BodyLimit is the largest body the bus accepts now. Cheap: it is
@@ -71,7 +72,6 @@ type Config struct {
 	Tolerance time.Duration
 	// MaxInflightBytes is the budget of memory held for bodies at once.
 	MaxInflightBytes int64
-	PublishTimeout   time.Duration
 	// JetStream is true when a 2xx means stored (the answer says "stored"),
 	// false in core mode (it says "published").
 	JetStream bool
@@ -209,10 +209,9 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		msg.ID, msg.Type, msg.Time = env.ID, env.EventType, env.Time
 	}
 
-	// 6. Publish and wait for the bus to confirm.
-	ctx, cancel := context.WithTimeout(r.Context(), h.cfg.PublishTimeout)
-	defer cancel()
-	res, err := h.cfg.Publisher.Publish(ctx, msg)
+	// 6. Publish and wait for the bus to confirm (the publisher bounds
+	// the wait).
+	res, err := h.cfg.Publisher.Publish(r.Context(), msg)
 	switch {
 	case errors.Is(err, publish.ErrTooLarge): // retrying cannot cure it
 		reject(rejection{http.StatusRequestEntityTooLarge, "body larger than the event bus accepts", OutcomeTooLarge},

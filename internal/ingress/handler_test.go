@@ -76,10 +76,13 @@ func newFixture(t testing.TB, o fixtureOpts) *fixture {
 	if o.maxInflight == 0 {
 		o.maxInflight = 32 << 20
 	}
+	if o.pubTimeout == 0 {
+		o.pubTimeout = 2 * time.Second
+	}
 	pub, err := publish.New(nc, publish.Config{
 		JetStream: !o.core, SubjectPrefix: "datagrid", Stream: testStream, Replicas: 1,
 		MaxAge: time.Hour, DedupeWindow: time.Hour, Tolerance: 5 * time.Minute, MaxBodyBytes: o.maxBody,
-		Source: "https://api.datagrid.com", CheckInterval: 100 * time.Millisecond,
+		Source: "https://api.datagrid.com", CheckInterval: 100 * time.Millisecond, Timeout: o.pubTimeout,
 	}, m, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
@@ -106,14 +109,11 @@ func newFixture(t testing.TB, o fixtureOpts) *fixture {
 	if o.keys == nil {
 		o.keys = signature.Static{signature.NewSecret([]byte(testSecret), o.webhookID)}
 	}
-	if o.pubTimeout == 0 {
-		o.pubTimeout = 2 * time.Second
-	}
 	f := &fixture{t: t, nats: srv, nc: nc, metrics: m, now: time.Now()}
 	f.js, _ = jetstream.New(nc)
 	h := ingress.NewHandler(ingress.Config{
 		Keyring: o.keys, Publisher: pub, Metrics: m, Log: zap.NewNop(),
-		Tolerance: 5 * time.Minute, MaxInflightBytes: o.maxInflight, PublishTimeout: o.pubTimeout,
+		Tolerance: 5 * time.Minute, MaxInflightBytes: o.maxInflight,
 		JetStream: !o.core, Now: func() time.Time { return f.now },
 	})
 	f.handler = h

@@ -97,7 +97,13 @@ type Config struct {
 	MaxBodyBytes  int64
 	Source        string        // ce-source of every message
 	CheckInterval time.Duration // DefaultCheckInterval when 0
+	// Timeout bounds how long Publish waits for the bus to confirm a
+	// message (DefaultTimeout when 0).
+	Timeout time.Duration
 }
+
+// DefaultTimeout is Config.Timeout's default, RELAY_PUBLISH_TIMEOUT's.
+const DefaultTimeout = 5 * time.Second
 
 // Publisher publishes deliveries to NATS. It is safe for concurrent use.
 // It does not own the connection: the caller drains it on shutdown, after
@@ -105,6 +111,7 @@ type Config struct {
 type Publisher struct {
 	nc      *nats.Conn
 	js      jetstream.JetStream
+	acks    *acks // jetstream mode's publishes
 	cfg     Config
 	metrics *metrics.Metrics
 	log     *zap.Logger
@@ -127,7 +134,15 @@ func New(nc *nats.Conn, cfg Config, m *metrics.Metrics, log *zap.Logger) (*Publi
 	if cfg.CheckInterval <= 0 {
 		cfg.CheckInterval = DefaultCheckInterval
 	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = DefaultTimeout
+	}
 	p := &Publisher{nc: nc, js: js, cfg: cfg, metrics: m, log: log, wake: make(chan struct{}, 1)}
+	if cfg.JetStream {
+		if p.acks, err = newAcks(nc); err != nil {
+			return nil, err
+		}
+	}
 	notYet := errNotChecked
 	p.streamErr.Store(&notYet)
 	m.BodyLimit.Set(float64(p.BodyLimit()))
@@ -325,7 +340,8 @@ func (p *Publisher) BodyLimit() int64 {
 
 // Publish puts m on its subject. It returns nil only once the message is
 // stored by JetStream (jetstream mode) or received by the server (core
-// mode). An error wrapping ErrTooLarge will never succeed; after any other
+// mode), waiting at most Config.Timeout and no longer than ctx lasts. An
+// error wrapping ErrTooLarge will never succeed; after any other
 // error nothing can be promised: the caller answers 503 and Datagrid
 // retries, which the duplicate window absorbs if the message was stored
 // after all. m.Body is not kept after Publish returns.
@@ -388,7 +404,7 @@ var outgoing = sync.Pool{New: func() any { return &outMsg{msg: nats.Msg{Header: 
 
 func (o *outMsg) release() {
 	clear(o.msg.Header)
-	o.msg.Data, o.vals = nil, [6]string{}
+	o.msg.Data, o.msg.Reply, o.vals = nil, "", [6]string{}
 	outgoing.Put(o)
 }
 
@@ -418,6 +434,8 @@ func (p *Publisher) send(ctx context.Context, msg *nats.Msg) (Result, error) {
 		if err := p.nc.PublishMsg(msg); err != nil {
 			return Result{}, classify(fmt.Errorf("publish: %w", err))
 		}
+		ctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
+		defer cancel()
 		if err := p.nc.FlushWithContext(ctx); err != nil {
 			return Result{}, fmt.Errorf("flush: %w", err)
 		}
@@ -426,7 +444,7 @@ func (p *Publisher) send(ctx context.Context, msg *nats.Msg) (Result, error) {
 	if err := p.StreamCheck(); err != nil {
 		return Result{}, fmt.Errorf("stream %s not ready: %w", p.cfg.Stream, err)
 	}
-	ack, err := p.js.PublishMsg(ctx, msg)
+	ack, err := p.acks.publish(ctx, msg, p.cfg.Timeout)
 	if err != nil {
 		if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, jetstream.ErrStreamNotFound) || otherStream(err) {
 			p.Recheck() // deleted behind our back? Run finds out and recreates it, or says why not

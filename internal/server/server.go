@@ -45,7 +45,7 @@ func Run(ctx context.Context, o Options) error {
 	ready := newReadiness(m, parts)
 	public, admin := servers(cfg, log, o.Registry, ready, ingress.NewHandler(ingress.Config{
 		Keyring: parts.Keyring, Publisher: parts.Publisher, Metrics: m, Log: log.Named("ingress"),
-		Tolerance: cfg.Tolerance, MaxInflightBytes: cfg.MaxInflight, PublishTimeout: cfg.PublishTimeout,
+		Tolerance: cfg.Tolerance, MaxInflightBytes: cfg.MaxInflight,
 		JetStream: cfg.PublishMode == config.ModeJetStream,
 	}), m)
 

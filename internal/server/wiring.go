@@ -52,7 +52,7 @@ func Build(cfg config.Config, client string, log *zap.Logger, m *metrics.Metrics
 		JetStream: cfg.PublishMode == config.ModeJetStream, SubjectPrefix: cfg.SubjectPrefix,
 		Stream: cfg.Stream, Replicas: cfg.StreamReplicas, MaxAge: cfg.StreamMaxAge,
 		DedupeWindow: cfg.DedupeWindow, Tolerance: cfg.Tolerance, MaxBodyBytes: cfg.MaxBodyBytes,
-		Source: eventSource(cfg.BaseURL),
+		Source: eventSource(cfg.BaseURL), Timeout: cfg.PublishTimeout,
 	}, m, log.Named("stream"))
 	if err != nil {
 		nc.Close()

@@ -1,0 +1,213 @@
+package publish
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/datagrid-relay/relay/internal/natstest"
+)
+
+// Acks as nats-server writes them, and near misses that scanAck must leave
+// to encoding/json.
+var ackSeeds = []string{
+	`{"stream":"DATAGRID", "seq":1}`,
+	`{"stream":"DATAGRID", "domain":"hub", "seq":18446744073709551615}`,
+	`{"stream":"DATAGRID", "seq":42,"duplicate": true}`,
+	`{"stream":"DATAGRID","seq":7,"duplicate":false}`,
+	` { "seq" : 3 , "stream" : "S" } `,
+	`{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}`,
+	`{"error":{"code":400,"err_code":10060,"description":"expected stream does not match"},"stream":""}`,
+	`{"stream":"DATA\u0047RID","seq":1}`,
+	`{"Stream":"DATAGRID","seq":1}`,
+	`{"stream":"DATAGRID","stream":"OTHER","seq":1}`,
+	`{"stream":"DATAGRID","seq":01}`,
+	`{"stream":"DATAGRID","seq":1.0}`,
+	`{"stream":"DATAGRID","seq":-1}`,
+	`{"stream":"DATAGRID","seq":99999999999999999999}`,
+	`{"stream":"DATAGRID","seq":1,"val":"x","batch":"b","count":2}`,
+	`{"stream":"","seq":1}`,
+	`{"stream":"DATAGRID","seq":1}x`,
+	`{"stream":"DATAGRID","seq":1,}`,
+	`{"stream":"DATAGRID","seq":1,"duplicate":truex}`,
+	`{"stream":null,"seq":1}`,
+	`{}`,
+	``,
+}
+
+// FuzzScanAck holds scanAck to its promise: whenever it reads an ack,
+// encoding/json reads the same, with no error.
+func FuzzScanAck(f *testing.F) {
+	for _, s := range ackSeeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		got, ok := scanAck(data)
+		if !ok {
+			return
+		}
+		var want ackJSON
+		if err := json.Unmarshal(data, &want); err != nil {
+			t.Fatalf("scanAck read %q, encoding/json refuses it: %v", data, err)
+		}
+		if want.Error != nil || want.Stream == "" || got != (pubAck{Stream: want.Stream, Sequence: want.Sequence, Duplicate: want.Duplicate}) {
+			t.Fatalf("%q: scanAck %+v, encoding/json %+v", data, got, want)
+		}
+	})
+}
+
+func TestScanAckReadsServerAcks(t *testing.T) {
+	for _, tt := range []struct {
+		ack  string
+		want pubAck
+	}{
+		{`{"stream":"DATAGRID", "seq":1}`, pubAck{Stream: "DATAGRID", Sequence: 1}},
+		{`{"stream":"DATAGRID", "domain":"hub", "seq":9}`, pubAck{Stream: "DATAGRID", Sequence: 9}},
+		{`{"stream":"DATAGRID", "seq":42,"duplicate": true}`, pubAck{Stream: "DATAGRID", Sequence: 42, Duplicate: true}},
+	} {
+		got, ok := scanAck([]byte(tt.ack))
+		if !ok || got != tt.want {
+			t.Errorf("scanAck(%s) = %+v, %v; want %+v", tt.ack, got, ok, tt.want)
+		}
+	}
+}
+
+func TestReadAckErrorsAreJetStreams(t *testing.T) {
+	_, err := readAck([]byte(`{"error":{"code":404,"err_code":10059,"description":"stream not found"}}`))
+	if !errors.Is(err, jetstream.ErrStreamNotFound) {
+		t.Errorf("stream not found: got %v", err)
+	}
+	_, err = readAck([]byte(`{"error":{"code":400,"err_code":10054,"description":"message size exceeds maximum allowed"}}`))
+	var apiErr *jetstream.APIError
+	if !errors.As(err, &apiErr) || apiErr.ErrorCode != jetstream.JSErrCodeStreamMessageExceedsMaximum {
+		t.Errorf("too large: got %v", err)
+	}
+	for _, bad := range []string{`nonsense`, `{"seq":1}`, `{"stream":"","seq":1}`} {
+		if _, err := readAck([]byte(bad)); !errors.Is(err, jetstream.ErrInvalidJSAck) {
+			t.Errorf("readAck(%s): got %v, want ErrInvalidJSAck", bad, err)
+		}
+	}
+	// Shapes scanAck leaves alone still read right.
+	a, err := readAck([]byte(`{"stream":"DATA\u0047RID","seq":5,"duplicate":true,"val":"x"}`))
+	if err != nil || a != (pubAck{Stream: "DATAGRID", Sequence: 5, Duplicate: true}) {
+		t.Errorf("escaped ack: got %+v, %v", a, err)
+	}
+}
+
+// TestAcksOnRealServer publishes through acks to a real JetStream: stored,
+// duplicate, no stream (after the no-responders retries), too large.
+func TestAcksOnRealServer(t *testing.T) {
+	srv := natstest.Start(t, nil)
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js := natstest.JetStream(t, srv.ClientURL())
+	if _, err := js.CreateStream(context.Background(), jetstream.StreamConfig{
+		Name: "S", Subjects: []string{"s.>"}, Duplicates: time.Hour, MaxMsgSize: 64,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	a, err := newAcks(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := func(subject, id string, data []byte) *nats.Msg {
+		m := nats.NewMsg(subject)
+		m.Header.Set(jetstream.MsgIDHeader, id)
+		m.Data = data
+		return m
+	}
+	ctx := context.Background()
+	first, err := a.publish(ctx, msg("s.a", "1", []byte("x")), 5*time.Second)
+	if err != nil || first.Stream != "S" || first.Sequence != 1 || first.Duplicate {
+		t.Fatalf("first: %+v, %v", first, err)
+	}
+	again, err := a.publish(ctx, msg("s.a", "1", []byte("x")), 5*time.Second)
+	if err != nil || again.Sequence != 1 || !again.Duplicate {
+		t.Fatalf("again: %+v, %v", again, err)
+	}
+	if _, err := a.publish(ctx, msg("s.a", "2", make([]byte, 100)), 5*time.Second); err == nil ||
+		!errors.Is(classify(err), ErrTooLarge) {
+		t.Fatalf("too large: got %v", err)
+	}
+	if _, err := a.publish(ctx, msg("nostream.a", "3", nil), 5*time.Second); !errors.Is(err, jetstream.ErrNoStreamResponse) {
+		t.Fatalf("no stream: got %v, want ErrNoStreamResponse", err)
+	}
+	if n := pending(a); n != 0 {
+		t.Fatalf("%d publishes still pending", n)
+	}
+}
+
+// TestAcksTimeoutAndLateAnswer: a publish whose answer comes too late times
+// out, and the late answer reaches no one: the next publish, which reuses
+// the pooled waiter, gets its own answer.
+func TestAcksTimeoutAndLateAnswer(t *testing.T) {
+	srv := natstest.Start(t, nil)
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	requests, err := nc.SubscribeSync("slow.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := newAcks(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.publish(context.Background(), nats.NewMsg("slow.1"), 50*time.Millisecond); !errors.Is(err, nats.ErrTimeout) {
+		t.Fatalf("got %v, want a timeout", err)
+	}
+	late, err := requests.NextMsg(5 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := late.Respond([]byte(`{"stream":"LATE","seq":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		ack, err := a.publish(context.Background(), nats.NewMsg("slow.2"), 5*time.Second)
+		if err == nil && ack.Stream != "ON_TIME" {
+			err = errors.New("got the answer of another publish: " + ack.Stream)
+		}
+		done <- err
+	}()
+	req, err := requests.NextMsg(5 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil { // the late answer went out first
+		t.Fatal(err)
+	}
+	if err := req.Respond([]byte(`{"stream":"ON_TIME","seq":2}`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+
+	// A cancelled context ends the wait at once.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := a.publish(ctx, nats.NewMsg("slow.3"), time.Minute); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled: got %v", err)
+	}
+	if n := pending(a); n != 0 {
+		t.Fatalf("%d publishes still pending", n)
+	}
+}
+
+func pending(a *acks) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.pending)
+}
