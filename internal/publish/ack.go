@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -28,13 +30,33 @@ type acks struct {
 	next    uint64
 	pending map[uint64]*waiter // token -> the publish waiting for its ack
 
+	// Publishes waiting to be written, by the one of them that leads (see
+	// write); writing is held while a leader writes the ones it took.
+	qmu          sync.Mutex
+	queue, spare []queued
+	leading      bool
+	writing      sync.Mutex
+
 	waiters sync.Pool
 }
 
 // waiter is one Publish waiting for its ack.
 type waiter struct {
-	ack   chan *nats.Msg // capacity 1: the one answer to the current token
-	timer *time.Timer    // the publish timeout
+	ack   chan answer // capacity 1: the one answer to the current token
+	timer *time.Timer // the publish timeout
+}
+
+// answer is an ack, or why none will come.
+type answer struct {
+	m   *nats.Msg
+	err error
+}
+
+// queued is a publish waiting to be written.
+type queued struct {
+	msg   *nats.Msg
+	w     *waiter
+	token uint64
 }
 
 // The no-responders retry of jetstream.PublishMsg (its defaults): a stream
@@ -49,7 +71,7 @@ func newAcks(nc *nats.Conn) (*acks, error) {
 	a.waiters.New = func() any {
 		t := time.NewTimer(time.Hour)
 		t.Stop()
-		return &waiter{ack: make(chan *nats.Msg, 1), timer: t}
+		return &waiter{ack: make(chan answer, 1), timer: t}
 	}
 	sub, err := nc.Subscribe(a.prefix+"*", a.deliver)
 	if err != nil {
@@ -78,7 +100,7 @@ func (a *acks) deliver(m *nats.Msg) {
 	delete(a.pending, token)
 	a.mu.Unlock()
 	if w != nil {
-		w.ack <- m // never blocks: one token, one answer, an empty buffer of one
+		w.ack <- answer{m: m} // never blocks: one token, one answer, an empty buffer of one
 	}
 }
 
@@ -115,17 +137,17 @@ func (a *acks) roundTrip(ctx context.Context, msg *nats.Msg, w *waiter) (*nats.M
 	a.pending[token] = w
 	a.mu.Unlock()
 	msg.Reply = a.prefix + strconv.FormatUint(token, 36)
-	err := a.nc.PublishMsg(msg)
-	if err == nil {
-		select {
-		case m := <-w.ack:
-			return m, nil
-		case <-w.timer.C:
-			err = nats.ErrTimeout
-		case <-ctx.Done():
-			err = ctx.Err()
-		}
+	a.write(queued{msg, w, token})
+	var err error
+	select {
+	case ans := <-w.ack:
+		return ans.m, ans.err
+	case <-w.timer.C:
+		err = nats.ErrTimeout
+	case <-ctx.Done():
+		err = ctx.Err()
 	}
+	a.unqueue(msg)
 	a.mu.Lock()
 	_, waiting := a.pending[token]
 	delete(a.pending, token)
@@ -134,6 +156,74 @@ func (a *acks) roundTrip(ctx context.Context, msg *nats.Msg, w *waiter) (*nats.M
 		<-w.ack
 	}
 	return nil, err
+}
+
+// write has q written. Publishes in flight at once are written together,
+// by one of them, the leader: nats.go flushes once per batch instead of
+// once per message, which saves a write system call and a goroutine
+// switch in the relay and a read in nats-server per message. The leader
+// first yields, so that deliveries ready to run can join its batch.
+func (a *acks) write(q queued) {
+	a.qmu.Lock()
+	a.queue = append(a.queue, q)
+	lead := !a.leading
+	a.leading = true
+	a.qmu.Unlock()
+	if !lead {
+		return
+	}
+	runtime.Gosched()
+	for {
+		a.writing.Lock()
+		a.qmu.Lock()
+		batch := a.queue
+		if len(batch) == 0 {
+			a.leading = false
+			a.qmu.Unlock()
+			a.writing.Unlock()
+			return
+		}
+		a.queue = a.spare[:0]
+		a.qmu.Unlock()
+		for _, q := range batch {
+			if err := a.nc.PublishMsg(q.msg); err != nil {
+				a.fail(q, err)
+			}
+		}
+		clear(batch)
+		a.qmu.Lock()
+		a.spare = batch[:0]
+		a.qmu.Unlock()
+		a.writing.Unlock()
+	}
+}
+
+// fail answers a publish that could not be written, unless it gave up.
+func (a *acks) fail(q queued, err error) {
+	a.mu.Lock()
+	_, waiting := a.pending[q.token]
+	delete(a.pending, q.token)
+	a.mu.Unlock()
+	if waiting {
+		q.w.ack <- answer{err: err}
+	}
+}
+
+// unqueue makes sure nothing will write msg any more, so its publish can
+// give up and its message be reused: it takes msg off the queue, or waits
+// until the leader that took it has written it.
+func (a *acks) unqueue(msg *nats.Msg) {
+	a.qmu.Lock()
+	for i, q := range a.queue {
+		if q.msg == msg {
+			a.queue = slices.Delete(a.queue, i, i+1)
+			a.qmu.Unlock()
+			return
+		}
+	}
+	a.qmu.Unlock()
+	a.writing.Lock()
+	defer a.writing.Unlock()
 }
 
 // pause waits between two no-responder attempts, within the timeout.

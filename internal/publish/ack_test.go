@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strconv"
 	"testing"
 	"time"
 
@@ -210,4 +211,94 @@ func pending(a *acks) int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return len(a.pending)
+}
+
+// TestAcksConcurrentBatches: publishes in flight together are written in
+// batches by one of them; each still gets its own answer, a write error
+// (over the server's max_payload) included.
+func TestAcksConcurrentBatches(t *testing.T) {
+	opts := natstest.Options(t.TempDir())
+	opts.MaxPayload = 1024
+	srv := natstest.Start(t, opts)
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js := natstest.JetStream(t, srv.ClientURL())
+	if _, err := js.CreateStream(context.Background(), jetstream.StreamConfig{
+		Name: "S", Subjects: []string{"s.>"}, Duplicates: time.Hour,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	a, err := newAcks(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 200
+	type result struct {
+		i   int
+		ack pubAck
+		err error
+	}
+	results := make(chan result, n)
+	for i := range n {
+		go func() {
+			m := nats.NewMsg("s.a")
+			m.Header.Set(jetstream.MsgIDHeader, strconv.Itoa(i))
+			m.Data = []byte("x")
+			if i%10 == 0 {
+				m.Data = make([]byte, 2048) // refused by nats.go before it is written
+			}
+			ack, err := a.publish(context.Background(), m, 10*time.Second)
+			results <- result{i, ack, err}
+		}()
+	}
+	seqs := map[uint64]bool{}
+	for range n {
+		r := <-results
+		switch {
+		case r.i%10 == 0:
+			if !errors.Is(r.err, nats.ErrMaxPayload) {
+				t.Errorf("publish %d: got %v, want ErrMaxPayload", r.i, r.err)
+			}
+		case r.err != nil:
+			t.Errorf("publish %d: %v", r.i, r.err)
+		case r.ack.Duplicate || seqs[r.ack.Sequence]:
+			t.Errorf("publish %d: ack %+v repeats another's", r.i, r.ack)
+		default:
+			seqs[r.ack.Sequence] = true
+		}
+	}
+	if len(seqs) != n-n/10 {
+		t.Errorf("%d distinct sequences, want %d", len(seqs), n-n/10)
+	}
+	if n := pending(a); n != 0 {
+		t.Fatalf("%d publishes still pending", n)
+	}
+}
+
+// TestAcksGiveUpWhileQueued: a publish that gives up before a leader took
+// it off the queue is taken off, so its message can be reused and is never
+// written.
+func TestAcksGiveUpWhileQueued(t *testing.T) {
+	srv := natstest.Start(t, nil)
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	a, err := newAcks(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.leading = true // a leader that has not taken the queue yet
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := a.publish(ctx, nats.NewMsg("s.a"), time.Minute); !errors.Is(err, context.Canceled) {
+		t.Fatalf("got %v, want context.Canceled", err)
+	}
+	if len(a.queue) != 0 || pending(a) != 0 {
+		t.Fatalf("after giving up: %d queued, %d pending", len(a.queue), pending(a))
+	}
 }
