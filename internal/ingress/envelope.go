@@ -47,27 +47,19 @@ var envelopeKeys = [...]string{"id", "event_type", "timestamp"}
 // returns what it could read even with an error: the id, when usable, keys
 // the quarantined copy.
 func parseEnvelope(body []byte) (envelope, error) {
-	if !validJSON(body) {
-		return envelope{}, errNotJSON
-	}
 	var raw [len(envelopeKeys)][]byte
+	var problem error
 	i := skipSpace(body, 0)
-	if body[i] != '{' {
+	if i == len(body) || body[i] != '{' {
 		return envelope{}, errNotJSON
 	}
-	var problem error
-	for i = skipSpace(body, i+1); body[i] != '}'; {
-		end := stringEnd(body, i)
-		key := body[i+1 : end-1]
-		i = skipSpace(body, skipSpace(body, end)+1) // past the ':'
-		vend := valueEnd(body, i)
+	end, ok := scanMembers(body, i, 1, func(key, value []byte) {
 		if problem == nil {
-			problem = noteKey(&raw, key, body[i:vend])
+			problem = noteKey(&raw, key, value)
 		}
-		i = skipSpace(body, vend)
-		if body[i] == ',' {
-			i = skipSpace(body, i+1)
-		}
+	})
+	if !ok || skipSpace(body, end) != len(body) {
+		return envelope{}, errNotJSON
 	}
 
 	var env envelope
@@ -147,52 +139,11 @@ func jsonString(v []byte) (string, bool) {
 	return s, true
 }
 
-// The scanners below walk JSON that json.Valid accepted, so they need not
-// check what they skip.
-
 func skipSpace(b []byte, i int) int {
 	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
 		i++
 	}
 	return i
-}
-
-// stringEnd returns the index just past the string starting at b[i] == '"'.
-func stringEnd(b []byte, i int) int {
-	for i++; b[i] != '"'; i++ {
-		if b[i] == '\\' {
-			i++
-		}
-	}
-	return i + 1
-}
-
-// valueEnd returns the index just past the value starting at b[i].
-func valueEnd(b []byte, i int) int {
-	switch b[i] {
-	case '"':
-		return stringEnd(b, i)
-	case '{', '[':
-		depth := 0
-		for ; ; i++ {
-			switch b[i] {
-			case '"':
-				i = stringEnd(b, i) - 1
-			case '{', '[':
-				depth++
-			case '}', ']':
-				depth--
-				if depth == 0 {
-					return i + 1
-				}
-			}
-		}
-	default: // number, true, false, null
-		for i < len(b) && !strings.ContainsRune(",}] \t\r\n", rune(b[i])) {
-			i++
-		}
-		return i
-	}
 }
 
 // validID accepts ids that are safe as header values: visible ASCII only,

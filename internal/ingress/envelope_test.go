@@ -27,6 +27,9 @@ func FuzzEnvelope(f *testing.F) {
 			t.Fatalf("validJSON(%q) = %v, encoding/json says %v", body, got, want)
 		}
 		env, err := parseEnvelope(body)
+		if !json.Valid(body) && err != errNotJSON {
+			t.Fatalf("parseEnvelope(%q) = %v for invalid JSON, want errNotJSON", body, err)
+		}
 		if err != nil {
 			return
 		}

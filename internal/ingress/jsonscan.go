@@ -39,6 +39,13 @@ func scanValue(b []byte, i, depth int) (int, bool) {
 }
 
 func scanObject(b []byte, i, depth int) (int, bool) {
+	return scanMembers(b, i, depth, nil)
+}
+
+// scanMembers checks the object starting at b[i] == '{' and, when member
+// is not nil, hands it each key (without its quotes) and value as they
+// are checked: one pass reads the envelope and validates the body.
+func scanMembers(b []byte, i, depth int, member func(key, value []byte)) (int, bool) {
 	if depth > maxJSONDepth {
 		return i, false
 	}
@@ -50,15 +57,21 @@ func scanObject(b []byte, i, depth int) (int, bool) {
 		if i >= len(b) || b[i] != '"' {
 			return i, false
 		}
+		keyStart := i
 		var ok bool
 		if i, ok = scanString(b, i); !ok {
 			return i, false
 		}
+		key := b[keyStart+1 : i-1]
 		if i = skipSpace(b, i); i >= len(b) || b[i] != ':' {
 			return i, false
 		}
-		if i, ok = scanValue(b, skipSpace(b, i+1), depth); !ok {
+		valueStart := skipSpace(b, i+1)
+		if i, ok = scanValue(b, valueStart, depth); !ok {
 			return i, false
+		}
+		if member != nil {
+			member(key, b[valueStart:i])
 		}
 		switch i = skipSpace(b, i); {
 		case i >= len(b):
