@@ -22,22 +22,40 @@ type Secret struct {
 
 // NewSecret returns the Secret of key for webhookID.
 func NewSecret(key []byte, webhookID string) Secret {
-	return Secret{Key: key, WebhookID: webhookID, macs: &sync.Pool{New: func() any { return hmac.New(sha256.New, key) }}}
+	return Secret{Key: key, WebhookID: webhookID, macs: &sync.Pool{New: func() any {
+		return &macState{h: hmac.New(sha256.New, key)}
+	}}}
 }
 
-// sum appends HMAC-SHA256(Key, ts + "." + body) to dst.
-func (s Secret) sum(dst []byte, ts string, body []byte) []byte {
-	if s.macs == nil {
-		return append(dst, mac(s.Key, ts, body)...)
+// macState is an HMAC state of one key with room for its sum, reused
+// across deliveries.
+type macState struct {
+	h   hash.Hash
+	sum [sha256.Size]byte
+}
+
+// signs reports whether any v1 entry of s is HMAC-SHA256(Key, ts + "." +
+// body), comparing with every entry in constant time.
+func (s Secret) signs(signed Signed, body []byte) bool {
+	var m *macState
+	if s.macs != nil {
+		m = s.macs.Get().(*macState)
+		defer s.macs.Put(m)
+		m.h.Reset()
+	} else {
+		m = &macState{h: hmac.New(sha256.New, s.Key)}
 	}
-	h := s.macs.Get().(hash.Hash)
-	h.Reset()
-	_, _ = io.WriteString(h, ts)
-	h.Write(dot)
-	h.Write(body)
-	dst = h.Sum(dst)
-	s.macs.Put(h)
-	return dst
+	_, _ = io.WriteString(m.h, signed.ts)
+	m.h.Write(dot)
+	m.h.Write(body)
+	want := m.h.Sum(m.sum[:0])
+	ok := false
+	for i := range signed.n {
+		if hmac.Equal(want, signed.sig(i)) {
+			ok = true
+		}
+	}
+	return ok
 }
 
 var dot = []byte{'.'}

@@ -56,9 +56,29 @@ func mac(secret []byte, ts string, body []byte) []byte {
 // a timestamp inside the tolerance. Only Verify can tell whether it signs
 // the body.
 type Signed struct {
-	ts   string // the decimal timestamp exactly as sent: part of the signed bytes
-	t    int64
-	sigs [][sha256.Size]byte
+	ts string // the decimal timestamp exactly as sent: part of the signed bytes
+	t  int64
+	// The v1 entries: the first two (two during a rotation, one otherwise)
+	// in place, any others in more.
+	first [2][sha256.Size]byte
+	n     int
+	more  [][sha256.Size]byte
+}
+
+func (s *Signed) add(sig [sha256.Size]byte) {
+	if s.n < len(s.first) {
+		s.first[s.n] = sig
+	} else {
+		s.more = append(s.more, sig)
+	}
+	s.n++
+}
+
+func (s *Signed) sig(i int) []byte {
+	if i < len(s.first) {
+		return s.first[i][:]
+	}
+	return s.more[i-len(s.first)][:]
 }
 
 // Time is the signature's timestamp.
@@ -106,12 +126,12 @@ func Parse(lines []string, now time.Time, tolerance time.Duration) (Signed, erro
 					continue // not a SHA-256 signature: it can match nothing
 				}
 				if _, err := hex.Decode(sig[:], []byte(value)); err == nil {
-					s.sigs = append(s.sigs, sig)
+					s.add(sig)
 				}
 			}
 		}
 	}
-	if !seenT || len(s.sigs) == 0 {
+	if !seenT || s.n == 0 {
 		return Signed{}, ErrMalformed
 	}
 	skew := now.Unix() - s.t // no overflow: both are positive
@@ -129,15 +149,11 @@ func Parse(lines []string, now time.Time, tolerance time.Duration) (Signed, erro
 // is computed once and compared, in constant time, with every v1 entry.
 func (s Signed) Verify(body []byte, secrets []Secret) (Secret, error) {
 	matched := -1
-	var sum [sha256.Size]byte
 	for k, secret := range secrets {
-		want := secret.sum(sum[:0], s.ts, body)
-		for i := range s.sigs {
-			// No early return: the time taken does not reveal which
-			// secret or entry matched.
-			if hmac.Equal(want, s.sigs[i][:]) && matched < 0 {
-				matched = k
-			}
+		// No early return: the time taken does not reveal which secret
+		// or entry matched.
+		if secret.signs(s, body) && matched < 0 {
+			matched = k
 		}
 	}
 	if matched < 0 {

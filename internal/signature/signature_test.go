@@ -44,6 +44,8 @@ func TestVerify(t *testing.T) {
 		{"unknown keys tolerated", "t=1775847600,v0=abc,scheme=x,v1=" + vectorSig + ",v2=zz", vectorBody, secret, vectorNow, nil},
 		{"v1 first", "v1=" + vectorSig + ",t=1775847600", vectorBody, secret, vectorNow, nil},
 		{"second of two v1 matches", "t=1775847600,v1=" + wrong + ",v1=" + vectorSig, vectorBody, secret, vectorNow, nil},
+		{"fourth of four v1 matches", "t=1775847600,v1=" + wrong + ",v1=" + wrong + ",v1=" + wrong + ",v1=" + vectorSig, vectorBody, secret, vectorNow, nil},
+		{"third of three v1 matches", "t=1775847600,v1=" + wrong + ",v1=" + wrong + ",v1=" + vectorSig, vectorBody, secret, vectorNow, nil},
 		{"second of two secrets matches", "t=1775847600,v1=" + vectorSig, vectorBody, []Secret{other, {Key: []byte(vectorSecret)}}, vectorNow, nil},
 		{"uppercase hex accepted", "t=1775847600,v1=" + strings.ToUpper(vectorSig), vectorBody, secret, vectorNow, nil},
 		{"entry without = tolerated", "t=1775847600,junk,v1=" + vectorSig, vectorBody, secret, vectorNow, nil},
@@ -167,7 +169,7 @@ func FuzzParseHeader(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if p.t <= 0 || p.ts == "" || len(p.sigs) == 0 || len(h) > MaxHeaderBytes {
+		if p.t <= 0 || p.ts == "" || p.n == 0 || len(h) > MaxHeaderBytes {
 			t.Fatalf("accepted %q as %+v", h, p)
 		}
 		// Whatever parses must go through Verify without panicking.
