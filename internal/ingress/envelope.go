@@ -63,9 +63,9 @@ func parseEnvelope(body []byte) (envelope, error) {
 	}
 
 	var env envelope
-	env.ID, _ = jsonString(raw[0])
-	if !validID(env.ID) {
-		env.ID = ""
+	id, okID := jsonString(raw[0])
+	if validID(id) {
+		env.ID = id
 	}
 	switch {
 	case problem != nil:
@@ -75,7 +75,6 @@ func parseEnvelope(body []byte) (envelope, error) {
 	case raw[1] == nil || bytes.Equal(raw[1], []byte("null")):
 		return env, errNoEventType
 	}
-	id, okID := jsonString(raw[0])
 	et, okType := eventTypeString(raw[1])
 	switch {
 	case !okID || !okType:

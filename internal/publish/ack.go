@@ -24,6 +24,7 @@ import (
 // The answers, errors included, are jetstream.PublishMsg's.
 type acks struct {
 	nc     *nats.Conn
+	stream string // the stream expected to answer, for scanAck
 	prefix string // replies go to prefix + token; the subscription (as long as the connection) is prefix + "*"
 
 	mu      sync.Mutex
@@ -66,8 +67,8 @@ const (
 	noResponderWait    = 250 * time.Millisecond
 )
 
-func newAcks(nc *nats.Conn) (*acks, error) {
-	a := &acks{nc: nc, prefix: nc.NewRespInbox() + ".", pending: map[uint64]*waiter{}}
+func newAcks(nc *nats.Conn, stream string) (*acks, error) {
+	a := &acks{nc: nc, stream: stream, prefix: nc.NewRespInbox() + ".", pending: map[uint64]*waiter{}}
 	a.waiters.New = func() any {
 		t := time.NewTimer(time.Hour)
 		t.Stop()
@@ -125,7 +126,7 @@ func (a *acks) publish(ctx context.Context, msg *nats.Msg, timeout time.Duration
 			}
 			continue
 		}
-		return readAck(reply.Data)
+		return readAck(reply.Data, a.stream)
 	}
 }
 
@@ -257,9 +258,10 @@ type ackJSON struct {
 
 // readAck reads an ack the way jetstream.PublishMsg does, with the same
 // errors: an API error wrapped as "nats: ...", jetstream.ErrInvalidJSAck for
-// anything unreadable or without a stream.
-func readAck(data []byte) (pubAck, error) {
-	if a, ok := scanAck(data); ok {
+// anything unreadable or without a stream. Acks from the stream expected
+// are read without allocating.
+func readAck(data []byte, expected string) (pubAck, error) {
+	if a, ok := scanAck(data, expected); ok {
 		return a, nil
 	}
 	var v ackJSON
@@ -285,15 +287,16 @@ var errNotAck = errors.New("not a plain ack")
 // answers ok only when encoding/json would read the same; anything else
 // (an error, escapes, other or repeated keys) is not ok (FuzzScanAck holds
 // it to that).
-func scanAck(data []byte) (pubAck, bool) {
-	s := ackScanner{data: data}
+func scanAck(data []byte, expected string) (pubAck, bool) {
+	s := ackScanner{data: data, expected: expected}
 	a, err := s.ack()
 	return a, err == nil
 }
 
 type ackScanner struct {
-	data []byte
-	i    int
+	data     []byte
+	i        int
+	expected string // the usual stream name, returned without a copy
 }
 
 func (s *ackScanner) ack() (pubAck, error) {
@@ -316,7 +319,9 @@ func (s *ackScanner) ack() (pubAck, error) {
 			k = 0
 			var v []byte
 			v, err = s.str()
-			a.Stream = string(v)
+			if a.Stream = s.expected; string(v) != s.expected {
+				a.Stream = string(v)
+			}
 		case "domain":
 			k = 1
 			_, err = s.str()

@@ -48,7 +48,7 @@ func FuzzScanAck(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		got, ok := scanAck(data)
+		got, ok := scanAck(data, "DATAGRID")
 		if !ok {
 			return
 		}
@@ -70,8 +70,9 @@ func TestScanAckReadsServerAcks(t *testing.T) {
 		{`{"stream":"DATAGRID", "seq":1}`, pubAck{Stream: "DATAGRID", Sequence: 1}},
 		{`{"stream":"DATAGRID", "domain":"hub", "seq":9}`, pubAck{Stream: "DATAGRID", Sequence: 9}},
 		{`{"stream":"DATAGRID", "seq":42,"duplicate": true}`, pubAck{Stream: "DATAGRID", Sequence: 42, Duplicate: true}},
+		{`{"stream":"OTHER", "seq":3}`, pubAck{Stream: "OTHER", Sequence: 3}},
 	} {
-		got, ok := scanAck([]byte(tt.ack))
+		got, ok := scanAck([]byte(tt.ack), "DATAGRID")
 		if !ok || got != tt.want {
 			t.Errorf("scanAck(%s) = %+v, %v; want %+v", tt.ack, got, ok, tt.want)
 		}
@@ -79,22 +80,22 @@ func TestScanAckReadsServerAcks(t *testing.T) {
 }
 
 func TestReadAckErrorsAreJetStreams(t *testing.T) {
-	_, err := readAck([]byte(`{"error":{"code":404,"err_code":10059,"description":"stream not found"}}`))
+	_, err := readAck([]byte(`{"error":{"code":404,"err_code":10059,"description":"stream not found"}}`), "DATAGRID")
 	if !errors.Is(err, jetstream.ErrStreamNotFound) {
 		t.Errorf("stream not found: got %v", err)
 	}
-	_, err = readAck([]byte(`{"error":{"code":400,"err_code":10054,"description":"message size exceeds maximum allowed"}}`))
+	_, err = readAck([]byte(`{"error":{"code":400,"err_code":10054,"description":"message size exceeds maximum allowed"}}`), "DATAGRID")
 	var apiErr *jetstream.APIError
 	if !errors.As(err, &apiErr) || apiErr.ErrorCode != jetstream.JSErrCodeStreamMessageExceedsMaximum {
 		t.Errorf("too large: got %v", err)
 	}
 	for _, bad := range []string{`nonsense`, `{"seq":1}`, `{"stream":"","seq":1}`} {
-		if _, err := readAck([]byte(bad)); !errors.Is(err, jetstream.ErrInvalidJSAck) {
+		if _, err := readAck([]byte(bad), "DATAGRID"); !errors.Is(err, jetstream.ErrInvalidJSAck) {
 			t.Errorf("readAck(%s): got %v, want ErrInvalidJSAck", bad, err)
 		}
 	}
 	// Shapes scanAck leaves alone still read right.
-	a, err := readAck([]byte(`{"stream":"DATA\u0047RID","seq":5,"duplicate":true,"val":"x"}`))
+	a, err := readAck([]byte(`{"stream":"DATA\u0047RID","seq":5,"duplicate":true,"val":"x"}`), "DATAGRID")
 	if err != nil || a != (pubAck{Stream: "DATAGRID", Sequence: 5, Duplicate: true}) {
 		t.Errorf("escaped ack: got %+v, %v", a, err)
 	}
@@ -115,7 +116,7 @@ func TestAcksOnRealServer(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	a, err := newAcks(nc)
+	a, err := newAcks(nc, "S")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +161,7 @@ func TestAcksTimeoutAndLateAnswer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := newAcks(nc)
+	a, err := newAcks(nc, "S")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -231,7 +232,7 @@ func TestAcksConcurrentBatches(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	a, err := newAcks(nc)
+	a, err := newAcks(nc, "S")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -288,7 +289,7 @@ func TestAcksGiveUpWhileQueued(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	a, err := newAcks(nc)
+	a, err := newAcks(nc, "S")
 	if err != nil {
 		t.Fatal(err)
 	}

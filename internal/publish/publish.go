@@ -123,6 +123,7 @@ type Publisher struct {
 
 	subjects  sync.Map // event type -> subject
 	subjectsN atomic.Int64
+	lastTime  atomic.Pointer[formattedTime] // see ceTime
 }
 
 // New returns a Publisher on nc. It does no I/O: Run ensures the stream.
@@ -139,7 +140,7 @@ func New(nc *nats.Conn, cfg Config, m *metrics.Metrics, log *zap.Logger) (*Publi
 	}
 	p := &Publisher{nc: nc, js: js, cfg: cfg, metrics: m, log: log, wake: make(chan struct{}, 1)}
 	if cfg.JetStream {
-		if p.acks, err = newAcks(nc); err != nil {
+		if p.acks, err = newAcks(nc, cfg.Stream); err != nil {
 			return nil, err
 		}
 	}
@@ -376,7 +377,7 @@ func (p *Publisher) Publish(ctx context.Context, m Message) (Result, error) {
 		v[4] = p.cfg.Source
 		h[HeaderCESource] = v[4:5:5]
 		if !m.Time.IsZero() {
-			v[5] = m.Time.UTC().Format(time.RFC3339)
+			v[5] = p.ceTime(m.Time)
 			h[HeaderCETime] = v[5:6:6]
 		}
 	}
@@ -390,6 +391,23 @@ func (p *Publisher) Publish(ctx context.Context, m Message) (Result, error) {
 		return Result{}, err
 	}
 	return res, nil
+}
+
+// ceTime is t as ce-time (RFC 3339, whole seconds, UTC). The last one is
+// kept: deliveries that come in a burst mostly carry the same second.
+func (p *Publisher) ceTime(t time.Time) string {
+	sec := t.Unix()
+	if last := p.lastTime.Load(); last != nil && last.sec == sec {
+		return last.text
+	}
+	text := t.UTC().Format(time.RFC3339)
+	p.lastTime.Store(&formattedTime{sec, text})
+	return text
+}
+
+type formattedTime struct {
+	sec  int64
+	text string
 }
 
 // outMsg is a message being published, pooled with its header map and the

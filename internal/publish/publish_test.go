@@ -1,6 +1,9 @@
 package publish
 
-import "testing"
+import (
+	"testing"
+	"time"
+)
 
 func TestCaptures(t *testing.T) {
 	tests := []struct {
@@ -23,5 +26,24 @@ func TestCaptures(t *testing.T) {
 	}
 	if !captures([]string{"acme.>"}, "acme.datagrid.>") {
 		t.Error("acme.> should capture acme.datagrid.>")
+	}
+}
+
+// TestCETimeFollowsTheSecond: the kept ce-time is reused only for the same
+// second.
+func TestCETimeFollowsTheSecond(t *testing.T) {
+	var p Publisher
+	for _, tt := range []struct {
+		t    time.Time
+		want string
+	}{
+		{time.Unix(1775847600, 0), "2026-04-10T19:00:00Z"},
+		{time.Unix(1775847600, 900_000_000), "2026-04-10T19:00:00Z"},
+		{time.Unix(1775847601, 0).In(time.FixedZone("x", 3600)), "2026-04-10T19:00:01Z"},
+		{time.Unix(1775847600, 0), "2026-04-10T19:00:00Z"},
+	} {
+		if got := p.ceTime(tt.t); got != tt.want {
+			t.Errorf("ceTime(%v) = %s, want %s", tt.t, got, tt.want)
+		}
 	}
 }
