@@ -1,6 +1,7 @@
 package signature
 
 import (
+	"encoding/hex"
 	"errors"
 	"strings"
 	"testing"
@@ -27,9 +28,11 @@ func TestSignMatchesWorkedExample(t *testing.T) {
 }
 
 func TestVerify(t *testing.T) {
-	secret := []Secret{{Key: []byte(vectorSecret)}}
+	secret := []Secret{NewSecret([]byte(vectorSecret), "")} // literals are tested below too
 	other := Secret{Key: []byte("whsec_other")}
 	wrong := strings.Repeat("0", 64)
+	longT := strings.Repeat("0", 30) + "1775847600" // signed bytes are t as sent, leading zeros and all
+	longSig := hex.EncodeToString(mac([]byte(vectorSecret), longT, []byte(vectorBody)))
 	tol := 5 * time.Minute
 	tests := []struct {
 		name    string
@@ -44,6 +47,7 @@ func TestVerify(t *testing.T) {
 		{"unknown keys tolerated", "t=1775847600,v0=abc,scheme=x,v1=" + vectorSig + ",v2=zz", vectorBody, secret, vectorNow, nil},
 		{"v1 first", "v1=" + vectorSig + ",t=1775847600", vectorBody, secret, vectorNow, nil},
 		{"second of two v1 matches", "t=1775847600,v1=" + wrong + ",v1=" + vectorSig, vectorBody, secret, vectorNow, nil},
+		{"t longer than 24 digits", "t=" + longT + ",v1=" + longSig, vectorBody, secret, vectorNow, nil},
 		{"fourth of four v1 matches", "t=1775847600,v1=" + wrong + ",v1=" + wrong + ",v1=" + wrong + ",v1=" + vectorSig, vectorBody, secret, vectorNow, nil},
 		{"third of three v1 matches", "t=1775847600,v1=" + wrong + ",v1=" + wrong + ",v1=" + vectorSig, vectorBody, secret, vectorNow, nil},
 		{"second of two secrets matches", "t=1775847600,v1=" + vectorSig, vectorBody, []Secret{other, {Key: []byte(vectorSecret)}}, vectorNow, nil},
@@ -180,7 +184,7 @@ func FuzzParseHeader(f *testing.F) {
 func BenchmarkVerify(b *testing.B) {
 	header := Sign([]byte(vectorSecret), vectorT, []byte(vectorBody))
 	body := []byte(vectorBody)
-	secrets := []Secret{{Key: []byte(vectorSecret)}}
+	secrets := []Secret{NewSecret([]byte(vectorSecret), "")} // as the relay holds them: HMAC states reused
 	lines := []string{header}
 	b.ReportAllocs()
 	for b.Loop() {
