@@ -2,6 +2,7 @@ package ingress
 
 import (
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 )
@@ -27,7 +28,7 @@ func FuzzEnvelope(f *testing.F) {
 			t.Fatalf("validJSON(%q) = %v, encoding/json says %v", body, got, want)
 		}
 		env, err := parseEnvelope(body)
-		if !json.Valid(body) && err != errNotJSON {
+		if !json.Valid(body) && !errors.Is(err, errNotJSON) {
 			t.Fatalf("parseEnvelope(%q) = %v for invalid JSON, want errNotJSON", body, err)
 		}
 		if err != nil {

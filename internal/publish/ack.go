@@ -301,7 +301,7 @@ type ackScanner struct {
 
 func (s *ackScanner) ack() (pubAck, error) {
 	var a pubAck
-	var seen [4]bool // stream, domain, seq, duplicate
+	var seen uint8 // one bit per key read
 	if err := s.expect('{'); err != nil {
 		return a, err
 	}
@@ -313,29 +313,29 @@ func (s *ackScanner) ack() (pubAck, error) {
 		if err := s.expect(':'); err != nil {
 			return a, err
 		}
-		k := -1
+		var k uint8 // the key's bit; 0 for a key not read here
 		switch string(key) {
 		case "stream":
-			k = 0
+			k = 1
 			var v []byte
 			v, err = s.str()
 			if a.Stream = s.expected; string(v) != s.expected {
 				a.Stream = string(v)
 			}
 		case "domain":
-			k = 1
+			k = 2
 			_, err = s.str()
 		case "seq":
-			k = 2
+			k = 4
 			a.Sequence, err = s.uint()
 		case "duplicate":
-			k = 3
+			k = 8
 			a.Duplicate, err = s.bool()
 		}
-		if k < 0 || seen[k] || err != nil {
+		if k == 0 || seen&k != 0 || err != nil {
 			return a, errNotAck
 		}
-		seen[k] = true
+		seen |= k
 		s.space()
 		if s.i < len(s.data) && s.data[s.i] == ',' {
 			s.i++
