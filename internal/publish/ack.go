@@ -126,9 +126,20 @@ func (a *acks) publish(ctx context.Context, msg *nats.Msg, timeout time.Duration
 			}
 			continue
 		}
-		return readAck(reply.Data, a.stream)
+		ack, err := readAck(reply.Data, a.stream)
+		if err == nil && ack.Stream != a.stream {
+			// The expected-stream header makes JetStream refuse to store
+			// anywhere else; an answer naming another stream did not come
+			// from it.
+			return pubAck{}, fmt.Errorf("%w: answer from stream %q, not %q", errForeignAck, ack.Stream, a.stream)
+		}
+		return ack, err
 	}
 }
+
+// errForeignAck is an answer to a publish that does not come from the
+// expected stream: nothing says the message is stored.
+var errForeignAck = errors.New("not an ack of the expected stream")
 
 // roundTrip publishes msg with a fresh reply token and waits for its answer.
 func (a *acks) roundTrip(ctx context.Context, msg *nats.Msg, w *waiter) (*nats.Msg, error) {

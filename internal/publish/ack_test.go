@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strconv"
 	"testing"
 	"time"
@@ -149,7 +150,8 @@ func TestAcksOnRealServer(t *testing.T) {
 
 // TestAcksTimeoutAndLateAnswer: a publish whose answer comes too late times
 // out, and the late answer reaches no one: the next publish, which reuses
-// the pooled waiter, gets its own answer.
+// the pooled waiter, gets its own answer. An answer naming another stream
+// is refused.
 func TestAcksTimeoutAndLateAnswer(t *testing.T) {
 	srv := natstest.Start(t, nil)
 	nc, err := nats.Connect(srv.ClientURL())
@@ -172,14 +174,14 @@ func TestAcksTimeoutAndLateAnswer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := late.Respond([]byte(`{"stream":"LATE","seq":1}`)); err != nil {
+	if err := late.Respond([]byte(`{"stream":"S","seq":1}`)); err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
 	go func() {
 		ack, err := a.publish(context.Background(), nats.NewMsg("slow.2"), 5*time.Second)
-		if err == nil && ack.Stream != "ON_TIME" {
-			err = errors.New("got the answer of another publish: " + ack.Stream)
+		if err == nil && ack.Sequence != 2 {
+			err = fmt.Errorf("got the answer of another publish: %+v", ack)
 		}
 		done <- err
 	}()
@@ -190,11 +192,26 @@ func TestAcksTimeoutAndLateAnswer(t *testing.T) {
 	if err := nc.Flush(); err != nil { // the late answer went out first
 		t.Fatal(err)
 	}
-	if err := req.Respond([]byte(`{"stream":"ON_TIME","seq":2}`)); err != nil {
+	if err := req.Respond([]byte(`{"stream":"S","seq":2}`)); err != nil {
 		t.Fatal(err)
 	}
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+
+	// An answer that names another stream is no ack of ours.
+	go func() {
+		_, err := a.publish(context.Background(), nats.NewMsg("slow.4"), 5*time.Second)
+		done <- err
+	}()
+	if req, err = requests.NextMsg(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := req.Respond([]byte(`{"stream":"OTHER","seq":3}`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; !errors.Is(err, errForeignAck) {
+		t.Fatalf("answer from another stream: got %v, want errForeignAck", err)
 	}
 
 	// A cancelled context ends the wait at once.
