@@ -73,28 +73,27 @@ type Cluster struct {
 // serve JetStream requests; it shuts down when the test ends.
 func StartCluster(t testing.TB, n int) *Cluster {
 	t.Helper()
-	ports := make([]int, n)
-	routes := make([]string, n)
-	for i := range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ports[i] = ln.Addr().(*net.TCPAddr).Port
-		_ = ln.Close()
-		routes[i] = fmt.Sprintf("nats://127.0.0.1:%d", ports[i])
-	}
+	// Every port is the kernel's choice when the node binds it (a port
+	// picked beforehand can be taken by a parallel test meanwhile); each
+	// node routes to the nodes started before it, and gossip completes the
+	// mesh.
 	c := &Cluster{}
+	var routes []string
 	for i := range n {
 		opts := Options(t.TempDir())
 		opts.ServerName = fmt.Sprintf("n%d", i)
-		opts.Cluster = server.ClusterOpts{Name: "relay-test", Host: "127.0.0.1", Port: ports[i]}
+		opts.Cluster = server.ClusterOpts{Name: "relay-test", Host: "127.0.0.1", Port: server.RANDOM_PORT}
 		opts.Routes = server.RoutesFromStr(strings.Join(routes, ","))
 		again := opts.Clone()
 		s := Start(t, opts)
 		again.Port = Port(s)
+		again.Cluster.Port = s.ClusterAddr().Port
+		routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", again.Cluster.Port))
 		c.Servers = append(c.Servers, s)
 		c.opts = append(c.opts, again)
+	}
+	for _, o := range c.opts { // a restarted node finds every other one
+		o.Routes = server.RoutesFromStr(strings.Join(routes, ","))
 	}
 	js := JetStream(t, c.URL())
 	deadline := time.Now().Add(30 * time.Second)
