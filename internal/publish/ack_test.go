@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -105,22 +106,7 @@ func TestReadAckErrorsAreJetStreams(t *testing.T) {
 // TestAcksOnRealServer publishes through acks to a real JetStream: stored,
 // duplicate, no stream (after the no-responders retries), too large.
 func TestAcksOnRealServer(t *testing.T) {
-	srv := natstest.Start(t, nil)
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js := natstest.JetStream(t, srv.ClientURL())
-	if _, err := js.CreateStream(context.Background(), jetstream.StreamConfig{
-		Name: "S", Subjects: []string{"s.>"}, Duplicates: time.Hour, MaxMsgSize: 64,
-	}); err != nil {
-		t.Fatal(err)
-	}
-	a, err := newAcks(nc, "S")
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, a := ackFixture(t, nil, &jetstream.StreamConfig{Duplicates: time.Hour, MaxMsgSize: 64})
 	msg := func(subject, id string, data []byte) *nats.Msg {
 		m := nats.NewMsg(subject)
 		m.Header.Set(jetstream.MsgIDHeader, id)
@@ -153,17 +139,8 @@ func TestAcksOnRealServer(t *testing.T) {
 // the pooled waiter, gets its own answer. An answer naming another stream
 // is refused.
 func TestAcksTimeoutAndLateAnswer(t *testing.T) {
-	srv := natstest.Start(t, nil)
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
+	nc, a := ackFixture(t, nil, nil)
 	requests, err := nc.SubscribeSync("slow.>")
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := newAcks(nc, "S")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -225,6 +202,30 @@ func TestAcksTimeoutAndLateAnswer(t *testing.T) {
 	}
 }
 
+// ackFixture starts a NATS server with opts (the defaults when nil),
+// creates stream S on s.> with the settings given (none when nil) and
+// returns a connection and acks expecting S.
+func ackFixture(t *testing.T, opts *server.Options, stream *jetstream.StreamConfig) (*nats.Conn, *acks) {
+	t.Helper()
+	srv := natstest.Start(t, opts)
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	if stream != nil {
+		stream.Name, stream.Subjects = "S", []string{"s.>"}
+		if _, err := natstest.JetStream(t, srv.ClientURL()).CreateStream(context.Background(), *stream); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, err := newAcks(nc, "S")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nc, a
+}
+
 func pending(a *acks) int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -237,22 +238,7 @@ func pending(a *acks) int {
 func TestAcksConcurrentBatches(t *testing.T) {
 	opts := natstest.Options(t.TempDir())
 	opts.MaxPayload = 1024
-	srv := natstest.Start(t, opts)
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js := natstest.JetStream(t, srv.ClientURL())
-	if _, err := js.CreateStream(context.Background(), jetstream.StreamConfig{
-		Name: "S", Subjects: []string{"s.>"}, Duplicates: time.Hour,
-	}); err != nil {
-		t.Fatal(err)
-	}
-	a, err := newAcks(nc, "S")
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, a := ackFixture(t, opts, &jetstream.StreamConfig{Duplicates: time.Hour})
 	const n = 200
 	type result struct {
 		i   int
@@ -300,16 +286,7 @@ func TestAcksConcurrentBatches(t *testing.T) {
 // it off the queue is taken off, so its message can be reused and is never
 // written.
 func TestAcksGiveUpWhileQueued(t *testing.T) {
-	srv := natstest.Start(t, nil)
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	a, err := newAcks(nc, "S")
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, a := ackFixture(t, nil, nil)
 	a.leading = true // a leader that has not taken the queue yet
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
