@@ -3,6 +3,7 @@ package server_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -321,57 +322,24 @@ func TestStreamLostWhileTwoRelaysRun(t *testing.T) {
 
 	// One Datagrid-like sender per relay: each event is retried until a
 	// 2xx; the longest run of refusals is what the promise bounds.
-	var (
-		stop     atomic.Bool
-		wg       sync.WaitGroup
-		mu       sync.Mutex
-		stored   int
-		longest  time.Duration
-		problems []string
-	)
-	for k, r := range relays {
-		wg.Go(func() {
-			c := &http.Client{Timeout: 15 * time.Second}
-			for i := 0; i < 100000 && !stop.Load(); i++ {
-				id := fmt.Sprintf("evt_lost_r%d_%d", k, i)
-				var firstRefusal time.Time
-				for attempt := 0; ; attempt++ {
-					a := sendEvent(c, r.delivery, id)
-					if a.err == nil && a.status == 200 {
-						mu.Lock()
-						stored++
-						if !firstRefusal.IsZero() {
-							longest = max(longest, time.Since(firstRefusal))
-						}
-						mu.Unlock()
-						break
-					}
-					if a.err != nil || a.status != 503 || a.retryAfter == "" || attempt == 2000 {
-						mu.Lock()
-						problems = append(problems, fmt.Sprintf("%s: got %d (Retry-After %q) %v", id, a.status, a.retryAfter, a.err))
-						mu.Unlock()
-						break
-					}
-					if firstRefusal.IsZero() {
-						firstRefusal = time.Now()
-					}
-					time.Sleep(20 * time.Millisecond)
-				}
-			}
-		})
-	}
-	halt := func() { stop.Store(true); wg.Wait() }
-	t.Cleanup(halt)
-	storedCount := func() int { mu.Lock(); defer mu.Unlock(); return stored }
+	client := &http.Client{Timeout: 15 * time.Second}
+	p := startPatient(t, len(relays), 2000, false, "evt_lost", func(k int, id string) try {
+		a := sendEvent(client, relays[k].delivery, id)
+		return try{
+			stored:  a.err == nil && a.status == 200,
+			retry:   a.err == nil && a.status == 503 && a.retryAfter != "",
+			refused: true,
+			what:    fmt.Sprintf("got %d (Retry-After %q) %v", a.status, a.retryAfter, a.err),
+		}
+	})
 
-	relaytest.WaitFor(t, 10*time.Second, "deliveries before the stream is lost", func() bool { return storedCount() >= 20 })
+	relaytest.WaitFor(t, 10*time.Second, "deliveries before the stream is lost", func() bool { return p.storedCount() >= 20 })
 	if err := js.DeleteStream(ctx, "DATAGRID"); err != nil {
 		t.Fatal(err)
 	}
-	deletedAt := storedCount()
-	relaytest.WaitFor(t, 20*time.Second, "deliveries stored again on both relays", func() bool { return storedCount() >= deletedAt+40 })
-	halt()
-	mu.Lock()
+	deletedAt := p.storedCount()
+	relaytest.WaitFor(t, 20*time.Second, "deliveries stored again on both relays", func() bool { return p.storedCount() >= deletedAt+40 })
+	_, longest, problems := p.halt()
 	for _, p := range problems {
 		t.Errorf("valid delivery not retried to success: %s", p)
 	}
@@ -379,7 +347,6 @@ func TestStreamLostWhileTwoRelaysRun(t *testing.T) {
 		t.Errorf("a valid delivery was refused for %s after the stream was deleted, want at most 5s", longest)
 	}
 	t.Logf("longest refusal of a valid delivery: %s", longest)
-	mu.Unlock()
 	s, err := js.Stream(ctx, "DATAGRID")
 	if err != nil {
 		t.Fatalf("stream not recreated: %v", err)
@@ -390,12 +357,16 @@ func TestStreamLostWhileTwoRelaysRun(t *testing.T) {
 
 	// The stream replaced by one that takes its subjects: nothing the
 	// relays can create; they say so and refuse deliveries until it goes.
-	if err := js.DeleteStream(ctx, "DATAGRID"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "SQUATTER", Subjects: []string{"datagrid.>"}}); err != nil {
-		t.Fatal(err)
-	}
+	// The relays re-check every few seconds and may recreate DATAGRID
+	// between the delete and the create, as they should: the operator then
+	// tries again.
+	relaytest.WaitFor(t, 20*time.Second, "SQUATTER in DATAGRID's place", func() bool {
+		if err := js.DeleteStream(ctx, "DATAGRID"); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+			return false
+		}
+		_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "SQUATTER", Subjects: []string{"datagrid.>"}})
+		return err == nil
+	})
 	// A delivery that finds the stream gone makes the relay look at once:
 	// /readyz must not stay 200 until the next periodic check.
 	for k, r := range relays {
@@ -637,52 +608,20 @@ func TestStateBucketLostWhileTwoRelaysRun(t *testing.T) {
 
 	// Datagrid delivering to the relay that stays up: each event retried
 	// until a 2xx, signed with whatever secret Datagrid has at that moment.
-	var (
-		stop     atomic.Bool
-		wg       sync.WaitGroup
-		mu       sync.Mutex
-		stored   int
-		longest  time.Duration
-		problems []string
-	)
-	wg.Go(func() {
-		for i := 0; i < 100000 && !stop.Load(); i++ {
-			id := fmt.Sprintf("evt_kv_%d", i)
-			var firstRefusal time.Time
-			for attempt := 0; !stop.Load(); attempt++ {
-				var resp relaytest.Response
-				var err error
-				if s, ok := current(); ok {
-					resp, err = relaytest.Post(stay.delivery, s, relaytest.Envelope(id, "batch_prediction.completed"))
-				} else {
-					resp.Status = -1 // Datagrid itself is between two webhooks: nothing is sent
-				}
-				if err == nil && resp.Status == 200 {
-					mu.Lock()
-					stored++
-					if !firstRefusal.IsZero() {
-						longest = max(longest, time.Since(firstRefusal))
-					}
-					mu.Unlock()
-					break
-				}
-				if err != nil || (resp.Status != 401 && resp.Status != 503 && resp.Status != -1) || attempt == 5000 {
-					mu.Lock()
-					problems = append(problems, fmt.Sprintf("%s: got %d %q %v", id, resp.Status, resp.Body, err))
-					mu.Unlock()
-					break
-				}
-				if firstRefusal.IsZero() && resp.Status != -1 {
-					firstRefusal = time.Now()
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
+	p := startPatient(t, 1, 5000, true, "evt_kv", func(_ int, id string) try {
+		s, ok := current()
+		if !ok { // Datagrid itself is between two webhooks: nothing is sent
+			return try{retry: true, what: "no webhook at Datagrid"}
+		}
+		resp, err := relaytest.Post(stay.delivery, s, relaytest.Envelope(id, "batch_prediction.completed"))
+		return try{
+			stored:  err == nil && resp.Status == 200,
+			retry:   err == nil && (resp.Status == 401 || resp.Status == 503),
+			refused: true,
+			what:    fmt.Sprintf("got %d %q %v", resp.Status, resp.Body, err),
 		}
 	})
-	halt := func() { stop.Store(true); wg.Wait() }
-	t.Cleanup(halt)
-	storedCount := func() int { mu.Lock(); defer mu.Unlock(); return stored }
-	relaytest.WaitFor(t, 10*time.Second, "deliveries before the bucket is lost", func() bool { return storedCount() >= 10 })
+	relaytest.WaitFor(t, 10*time.Second, "deliveries before the bucket is lost", func() bool { return p.storedCount() >= 10 })
 
 	js := natstest.JetStream(t, ns.ClientURL())
 	if err := js.DeleteKeyValue(context.Background(), "datagrid_relay"); err != nil {
@@ -691,8 +630,8 @@ func TestStateBucketLostWhileTwoRelaysRun(t *testing.T) {
 	restarted.stop(t)
 	again := start(t, ns.ClientURL(), env, nil)
 	relaytest.WaitStatus(t, 20*time.Second, again.admin+"/readyz", 200)
-	before := storedCount()
-	relaytest.WaitFor(t, 20*time.Second, "deliveries stored after the restart", func() bool { return storedCount() >= before+20 })
+	before := p.storedCount()
+	relaytest.WaitFor(t, 20*time.Second, "deliveries stored after the restart", func() bool { return p.storedCount() >= before+20 })
 
 	// Both relays accept what Datagrid signs now, and say they are ready.
 	relaytest.WaitFor(t, 10*time.Second, "one webhook for our URL at Datagrid", func() bool { _, ok := current(); return ok })
@@ -706,9 +645,7 @@ func TestStateBucketLostWhileTwoRelaysRun(t *testing.T) {
 			t.Errorf("relay %d readyz: got %d %q, want 200", k, got.Status, got.Body)
 		}
 	}
-	halt()
-	mu.Lock()
-	defer mu.Unlock()
+	stored, longest, problems := p.halt()
 	for _, p := range problems {
 		t.Errorf("delivery not retried to success: %s", p)
 	}
@@ -716,4 +653,83 @@ func TestStateBucketLostWhileTwoRelaysRun(t *testing.T) {
 	if longest > 5*time.Second {
 		t.Errorf("a delivery signed with Datagrid's current secret was refused for %s, want at most 5s", longest)
 	}
+}
+
+// patient is Datagrid as the fault tests need it: workers each send events
+// of their own in turn and retry every event, 20 ms apart, until the relay
+// stores it. It keeps the longest time one event was refused, and as
+// problems the answers Datagrid would not retry and the events still
+// refused after maxAttempts.
+type patient struct {
+	stop     atomic.Bool
+	wg       sync.WaitGroup
+	mu       sync.Mutex
+	stored   int
+	longest  time.Duration
+	problems []string
+}
+
+// try is one attempt at delivering an event: stored, or else whether
+// Datagrid would retry, whether the relay refused it (false when nothing
+// was sent) and what happened.
+type try struct {
+	stored, retry, refused bool
+	what                   string
+}
+
+// startPatient starts workers sending events <prefix>_r<worker>_<n> with
+// attempt until halt. With abandon, halt also ends the retries of the
+// event in hand; without, each is retried to its end.
+func startPatient(t *testing.T, workers, maxAttempts int, abandon bool, prefix string, attempt func(worker int, id string) try) *patient {
+	p := &patient{}
+	for k := range workers {
+		p.wg.Go(func() {
+			for i := 0; i < 100000 && !p.stop.Load(); i++ {
+				p.deliver(fmt.Sprintf("%s_r%d_%d", prefix, k, i), maxAttempts, abandon, func(id string) try { return attempt(k, id) })
+			}
+		})
+	}
+	t.Cleanup(func() { p.halt() })
+	return p
+}
+
+func (p *patient) deliver(id string, maxAttempts int, abandon bool, attempt func(id string) try) {
+	var firstRefusal time.Time
+	for n := 0; !abandon || !p.stop.Load(); n++ {
+		a := attempt(id)
+		if a.stored {
+			p.mu.Lock()
+			p.stored++
+			if !firstRefusal.IsZero() {
+				p.longest = max(p.longest, time.Since(firstRefusal))
+			}
+			p.mu.Unlock()
+			return
+		}
+		if !a.retry || n == maxAttempts {
+			p.mu.Lock()
+			p.problems = append(p.problems, id+": "+a.what)
+			p.mu.Unlock()
+			return
+		}
+		if firstRefusal.IsZero() && a.refused {
+			firstRefusal = time.Now()
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (p *patient) storedCount() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.stored
+}
+
+// halt stops the workers, waits for them and says what they saw.
+func (p *patient) halt() (stored int, longest time.Duration, problems []string) {
+	p.stop.Store(true)
+	p.wg.Wait()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.stored, p.longest, p.problems
 }
