@@ -269,11 +269,7 @@ func TestFirstStartRegistersOnce(t *testing.T) {
 			if req.Body["url"] != testURL {
 				t.Errorf("create url: got %v, want %s", req.Body["url"], testURL)
 			}
-			var events []string
-			for _, e := range req.Body["events"].([]any) {
-				events = append(events, e.(string))
-			}
-			if !slices.Equal(events, event.Known()) {
+			if events := req.Events(); !slices.Equal(events, event.Known()) {
 				t.Errorf("create events: got %v, want %v", events, event.Known())
 			}
 		}

@@ -160,11 +160,7 @@ func TestRelayRegistersAndServes(t *testing.T) {
 			if req.Body["url"] != publicURL {
 				t.Errorf("create url: got %v, want %s", req.Body["url"], publicURL)
 			}
-			var events []string
-			for _, e := range req.Body["events"].([]any) {
-				events = append(events, e.(string))
-			}
-			if !slices.Equal(events, event.Known()) {
+			if events := req.Events(); !slices.Equal(events, event.Known()) {
 				t.Errorf("create events: got %v, want %v (RELAY_EVENTS' default)", events, event.Known())
 			}
 		}

@@ -93,6 +93,17 @@ type Request struct {
 	Received, Answered time.Time
 }
 
+// Events is the body's "events" list, as strings; nil when there is none.
+func (r Request) Events() []string {
+	list, _ := r.Body["events"].([]any)
+	var events []string
+	for _, e := range list {
+		s, _ := e.(string)
+		events = append(events, s)
+	}
+	return events
+}
+
 // Server is the fake API. Make it with NewServer (to mount Handler) or
 // Start (to listen on loopback).
 type Server struct {
