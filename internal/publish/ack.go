@@ -24,8 +24,9 @@ import (
 // The answers, errors included, are jetstream.PublishMsg's.
 type acks struct {
 	nc     *nats.Conn
-	stream string // the stream expected to answer, for scanAck
-	prefix string // replies go to prefix + token; the subscription (as long as the connection) is prefix + "*"
+	send   func(*nats.Msg) error // nc.PublishMsg
+	stream string                // the stream expected to answer, for scanAck
+	prefix string                // replies go to prefix + token; the subscription (as long as the connection) is prefix + "*"
 
 	mu      sync.Mutex
 	next    uint64
@@ -68,7 +69,7 @@ const (
 )
 
 func newAcks(nc *nats.Conn, stream string) (*acks, error) {
-	a := &acks{nc: nc, stream: stream, prefix: nc.NewRespInbox() + ".", pending: map[uint64]*waiter{}}
+	a := &acks{nc: nc, send: nc.PublishMsg, stream: stream, prefix: nc.NewRespInbox() + ".", pending: map[uint64]*waiter{}}
 	a.waiters.New = func() any {
 		t := time.NewTimer(time.Hour)
 		t.Stop()
@@ -174,7 +175,10 @@ func (a *acks) roundTrip(ctx context.Context, msg *nats.Msg, w *waiter) (*nats.M
 // by one of them, the leader: nats.go flushes once per batch instead of
 // once per message, which saves a write system call and a goroutine
 // switch in the relay and a read in nats-server per message. The leader
-// first yields, so that deliveries ready to run can join its batch.
+// first yields, so that deliveries ready to run can join its batch. It
+// writes at most leaderBatches batches: if others keep queueing after
+// that, a goroutine with no delivery of its own to answer writes the
+// rest, so no delivery waits on everyone else's.
 func (a *acks) write(q queued) {
 	a.qmu.Lock()
 	a.queue = append(a.queue, q)
@@ -185,29 +189,48 @@ func (a *acks) write(q queued) {
 		return
 	}
 	runtime.Gosched()
-	for {
-		a.writing.Lock()
-		a.qmu.Lock()
-		batch := a.queue
-		if len(batch) == 0 {
-			a.leading = false
-			a.qmu.Unlock()
-			a.writing.Unlock()
+	for range leaderBatches {
+		if !a.writeBatch() {
 			return
 		}
-		a.queue = a.spare[:0]
-		a.qmu.Unlock()
-		for _, q := range batch {
-			if err := a.nc.PublishMsg(q.msg); err != nil {
-				a.fail(q, err)
-			}
-		}
-		clear(batch)
-		a.qmu.Lock()
-		a.spare = batch[:0]
-		a.qmu.Unlock()
-		a.writing.Unlock()
 	}
+	go a.drain()
+}
+
+// leaderBatches bounds what the leader writes for others.
+const leaderBatches = 4
+
+// drain writes batches until none is queued.
+func (a *acks) drain() {
+	for more := true; more; {
+		more = a.writeBatch()
+	}
+}
+
+// writeBatch writes everything queued and reports true, or, when nothing
+// is queued, ends the lead and reports false.
+func (a *acks) writeBatch() bool {
+	a.writing.Lock()
+	defer a.writing.Unlock()
+	a.qmu.Lock()
+	batch := a.queue
+	if len(batch) == 0 {
+		a.leading = false
+		a.qmu.Unlock()
+		return false
+	}
+	a.queue = a.spare[:0]
+	a.qmu.Unlock()
+	for _, q := range batch {
+		if err := a.send(q.msg); err != nil {
+			a.fail(q, err)
+		}
+	}
+	clear(batch)
+	a.qmu.Lock()
+	a.spare = batch[:0]
+	a.qmu.Unlock()
+	return true
 }
 
 // fail answers a publish that could not be written, unless it gave up.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -295,5 +296,35 @@ func TestAcksGiveUpWhileQueued(t *testing.T) {
 	}
 	if len(a.queue) != 0 || pending(a) != 0 {
 		t.Fatalf("after giving up: %d queued, %d pending", len(a.queue), pending(a))
+	}
+}
+
+// TestAcksLeaderIsNotHeldByOthersQueueing: while others keep queueing
+// publishes (here: one more for each one written), the one leading writes
+// a few batches and returns to its own delivery; the rest are still
+// written, by someone else.
+func TestAcksLeaderIsNotHeldByOthersQueueing(t *testing.T) {
+	_, a := ackFixture(t, nil, nil)
+	const others = 10000
+	var added, written atomic.Int64
+	a.send = func(*nats.Msg) error {
+		written.Add(1)
+		if added.Add(1) <= others {
+			a.qmu.Lock()
+			a.queue = append(a.queue, queued{msg: nats.NewMsg("others")})
+			a.qmu.Unlock()
+		}
+		return nil
+	}
+	a.write(queued{msg: nats.NewMsg("others")})
+	if n := written.Load(); n >= others {
+		t.Fatalf("the leader returned only after writing %d publishes, all the others'", n)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for written.Load() < others+1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d publishes written: the rest were left queued", written.Load(), others+1)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
